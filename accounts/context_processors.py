@@ -1,0 +1,34 @@
+"""Navigation by role: each persona sees only the places it can use."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+from django.urls import NoReverseMatch, reverse
+
+from accounts.models import LAB_ROLES, Role
+from accounts.permissions import role_of
+
+# (label, url name, roles that see it). Later features add their entries here.
+NAV_ITEMS: list[tuple[str, str, tuple[str, ...]]] = [
+    ("Home", "home", tuple(Role.values)),
+    ("Organisations", "organization_list", LAB_ROLES),
+    ("My organisation", "my_organization", (Role.PARTNER_ADMIN, Role.SIGNATORY, Role.RESEARCHER)),
+    ("Audit log", "audit_event_list", LAB_ROLES),
+]
+
+
+def navigation(request: HttpRequest) -> dict[str, object]:
+    role = role_of(getattr(request, "user", None))
+    if role is None:
+        return {"nav_items": [], "current_role": None}
+    items = []
+    for label, name, roles in NAV_ITEMS:
+        if role not in roles:
+            continue
+        try:
+            url = reverse(name)
+        except NoReverseMatch:
+            continue
+        active = request.path == url if name == "home" else request.path.startswith(url)
+        items.append({"label": label, "url": url, "active": active})
+    return {"nav_items": items, "current_role": Role(role)}

@@ -1,0 +1,70 @@
+"""Every read of organisations and users, scoped to what the asking user may see."""
+
+from __future__ import annotations
+
+from django.db.models import Count, Q, QuerySet
+from django.http import Http404
+
+from accounts.models import LAB_ROLES, Invitation, Membership, Organization, Role, User
+from accounts.permissions import require_role, role_of
+
+
+def organization_list(*, user: User) -> QuerySet[Organization]:
+    """All organisations, for lab staff only (partners never see each other)."""
+    require_role(user, *LAB_ROLES)
+    return Organization.objects.annotate(
+        member_count=Count("memberships", filter=Q(memberships__user__is_active=True))
+    ).order_by("kind", "name")
+
+
+def organization_get(*, user: User, pk: int) -> Organization:
+    """One organisation: lab staff see any; a partner user only their own (others are 404)."""
+    role = role_of(user)
+    if role is None:
+        raise Http404
+    organization = Organization.objects.filter(pk=pk).first()
+    if organization is None:
+        raise Http404
+    if role not in LAB_ROLES and user.membership.organization_id != organization.pk:
+        raise Http404
+    return organization
+
+
+def membership_list(*, user: User, organization: Organization) -> QuerySet[Membership]:
+    organization_get(user=user, pk=organization.pk)
+    return Membership.objects.filter(organization=organization).select_related("user").order_by("user__email")
+
+
+def membership_get(*, user: User, pk: int) -> Membership:
+    membership = Membership.objects.select_related("user", "organization").filter(pk=pk).first()
+    if membership is None:
+        raise Http404
+    organization_get(user=user, pk=membership.organization_id)
+    return membership
+
+
+def invitation_list(*, user: User, organization: Organization) -> QuerySet[Invitation]:
+    """Open invitations; only those who manage the organisation's users see them."""
+    organization_get(user=user, pk=organization.pk)
+    if not can_manage_users(user, organization):
+        return Invitation.objects.none()
+    return Invitation.objects.filter(organization=organization, accepted_at=None, revoked_at=None).select_related(
+        "invited_by"
+    )
+
+
+def invitation_get(*, user: User, pk: int) -> Invitation:
+    invitation = Invitation.objects.select_related("organization").filter(pk=pk).first()
+    if invitation is None:
+        raise Http404
+    organization_get(user=user, pk=invitation.organization_id)
+    return invitation
+
+
+def can_manage_users(user: User, organization: Organization) -> bool:
+    role = role_of(user)
+    return role == Role.LAB_ADMIN or (role == Role.PARTNER_ADMIN and user.membership.organization_id == organization.pk)
+
+
+def lab_organization() -> Organization | None:
+    return Organization.objects.filter(kind=Organization.Kind.LAB).first()

@@ -1,0 +1,271 @@
+"""Every write to organisations, users and invitations. Each is atomic and audited."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.validators import validate_email
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Invitation, Membership, Organization, Role, User, hash_token
+from accounts.permissions import require_role, role_of
+from accounts.tasks import send_invitation_email
+from audit import events
+from audit.services import audit_record
+
+
+def _require_manager_of(actor: User, organization: Organization) -> None:
+    """Lab admins manage every organisation's users; a partner admin only their own."""
+    role = role_of(actor)
+    if role == Role.LAB_ADMIN:
+        return
+    if role == Role.PARTNER_ADMIN and actor.membership.organization_id == organization.pk:
+        return
+    raise PermissionDenied("Only a lab admin or this organisation's admin can manage its users.")
+
+
+def _check_role_fits(organization: Organization, role: str) -> None:
+    if role not in Role.values:
+        raise ValidationError({"role": f"Unknown role {role!r}."})
+    if role not in Role.for_kind(organization.kind):
+        allowed = ", ".join(r.label for r in Role.for_kind(organization.kind))
+        raise ValidationError({"role": f"A {organization.get_kind_display().lower()} user can be: {allowed}."})
+
+
+@transaction.atomic
+def organization_create(
+    *,
+    actor: User | None,
+    name: str,
+    legal_name: str,
+    kind: str = Organization.Kind.PARTNER,
+    jurisdiction: str = "",
+    address: str = "",
+    contact_email: str = "",
+) -> Organization:
+    """Create an organisation. `actor` is None only for set-up commands (seed_demo)."""
+    if actor is not None:
+        require_role(actor, Role.LAB_ADMIN)
+    name, legal_name = name.strip(), legal_name.strip()
+    if not name:
+        raise ValidationError({"name": "Give the organisation a name."})
+    if Organization.objects.filter(name__iexact=name).exists():
+        raise ValidationError({"name": f"An organisation called {name!r} already exists."})
+    if kind not in Organization.Kind.values:
+        raise ValidationError({"kind": f"Unknown kind {kind!r}."})
+    if kind == Organization.Kind.LAB and Organization.objects.filter(kind=kind).exists():
+        raise ValidationError({"kind": "There is already a lab; new organisations are partners."})
+    organization = Organization.objects.create(
+        name=name,
+        legal_name=legal_name or name,
+        kind=kind,
+        jurisdiction=jurisdiction.strip(),
+        address=address.strip(),
+        contact_email=contact_email.strip().lower(),
+    )
+    audit_record(
+        actor=actor,
+        action=events.ORGANIZATION_CREATED,
+        target=organization,
+        data={"name": organization.name, "legal_name": organization.legal_name, "kind": organization.kind},
+    )
+    return organization
+
+
+@transaction.atomic
+def organization_update(*, actor: User, organization: Organization, **fields: str) -> Organization:
+    require_role(actor, Role.LAB_ADMIN)
+    editable = {"legal_name", "jurisdiction", "address", "contact_email"}
+    unknown = set(fields) - editable
+    if unknown:
+        raise ValidationError(f"These fields cannot be changed here: {', '.join(sorted(unknown))}.")
+    changes = {}
+    for field, value in fields.items():
+        value = value.strip()
+        if getattr(organization, field) != value:
+            changes[field] = {"from": getattr(organization, field), "to": value}
+            setattr(organization, field, value)
+    if not organization.legal_name:
+        raise ValidationError({"legal_name": "The legal name cannot be empty."})
+    if changes:
+        organization.save(update_fields=list(changes))
+        audit_record(actor=actor, action=events.ORGANIZATION_UPDATED, target=organization, data=changes)
+    return organization
+
+
+@transaction.atomic
+def user_create(
+    *,
+    actor: User | None,
+    organization: Organization,
+    email: str,
+    role: str,
+    password: str | None,
+    full_name: str = "",
+) -> User:
+    """Create a user with a membership. Used by invitation acceptance and set-up commands."""
+    email = _clean_email(email)
+    _check_role_fits(organization, role)
+    if User.objects.filter(email__iexact=email).exists():
+        raise ValidationError({"email": f"A user with the email {email} already exists."})
+    user = User.objects.create_user(email=email, password=password, full_name=full_name.strip())
+    Membership.objects.create(user=user, organization=organization, role=role)
+    audit_record(
+        actor=actor or user,
+        action=events.USER_CREATED,
+        target=user,
+        organization=organization,
+        data={"email": email, "role": role},
+    )
+    return user
+
+
+def _clean_email(email: str) -> str:
+    email = (email or "").strip().lower()
+    try:
+        validate_email(email)
+    except ValidationError:
+        raise ValidationError({"email": f"{email or 'An empty value'} is not a valid email address."}) from None
+    return email
+
+
+@transaction.atomic
+def invitation_create(*, actor: User, organization: Organization, email: str, role: str) -> tuple[Invitation, str]:
+    """Invite a person by email; returns the invitation and its one-time token."""
+    _require_manager_of(actor, organization)
+    email = _clean_email(email)
+    _check_role_fits(organization, role)
+    if not organization.active:
+        raise ValidationError("This organisation is deactivated; reactivate it before inviting users.")
+    if User.objects.filter(email__iexact=email).exists():
+        raise ValidationError({"email": f"{email} already has an account."})
+    now = timezone.now()
+    pending = Invitation.objects.select_for_update().filter(email=email, accepted_at=None, revoked_at=None).first()
+    if pending is not None:
+        if not pending.is_expired:
+            raise ValidationError({"email": f"{email} already has a pending invitation; revoke it to send a new one."})
+        pending.revoked_at = now
+        pending.save(update_fields=["revoked_at"])
+    token = secrets.token_urlsafe(32)
+    invitation = Invitation.objects.create(
+        organization=organization,
+        email=email,
+        role=role,
+        token_hash=hash_token(token),
+        invited_by=actor,
+        expires_at=now + timedelta(days=settings.INVITATION_TTL_DAYS),
+    )
+    audit_record(
+        actor=actor,
+        action=events.INVITATION_SENT,
+        target=invitation,
+        data={"email": email, "role": role, "expires_at": invitation.expires_at.isoformat()},
+    )
+    send_invitation_email.delay_on_commit(invitation.pk, token)
+    return invitation, token
+
+
+@transaction.atomic
+def invitation_revoke(*, actor: User, invitation: Invitation) -> Invitation:
+    _require_manager_of(actor, invitation.organization)
+    if not invitation.is_open:
+        raise ValidationError(f"This invitation is already {invitation.status}.")
+    invitation.revoked_at = timezone.now()
+    invitation.save(update_fields=["revoked_at"])
+    audit_record(actor=actor, action=events.INVITATION_REVOKED, target=invitation, data={"email": invitation.email})
+    return invitation
+
+
+def invitation_from_token(token: str) -> Invitation:
+    """The open, unexpired invitation for a token, or a ValidationError that says why not."""
+    invitation = Invitation.objects.select_related("organization").filter(token_hash=hash_token(token)).first()
+    if invitation is None:
+        raise ValidationError("This invitation link is not valid. Check that you copied the whole link.")
+    if invitation.accepted_at:
+        raise ValidationError("This invitation has already been used. Sign in with your email and password.")
+    if invitation.revoked_at:
+        raise ValidationError("This invitation was withdrawn. Ask your administrator for a new one.")
+    if invitation.is_expired:
+        raise ValidationError("This invitation has expired. Ask your administrator to send a new one.")
+    return invitation
+
+
+@transaction.atomic
+def invitation_accept(*, token: str, full_name: str, password: str) -> User:
+    """Create the invited person's account; the link works once."""
+    invitation = invitation_from_token(token)
+    # Lock the row: two clicks on the same link must not create two accounts.
+    invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    if not invitation.is_open:
+        raise ValidationError("This invitation has already been used. Sign in with your email and password.")
+    if not full_name.strip():
+        raise ValidationError({"full_name": "Enter your full name."})
+    probe = User(email=invitation.email, full_name=full_name)
+    try:
+        validate_password(password, user=probe)
+    except ValidationError as exc:
+        raise ValidationError({"password1": exc.messages}) from None
+    user = user_create(
+        actor=None,
+        organization=invitation.organization,
+        email=invitation.email,
+        role=invitation.role,
+        password=password,
+        full_name=full_name,
+    )
+    invitation.accepted_at = timezone.now()
+    invitation.save(update_fields=["accepted_at"])
+    audit_record(actor=user, action=events.INVITATION_ACCEPTED, target=invitation, data={"email": user.email})
+    return user
+
+
+@transaction.atomic
+def membership_change_role(*, actor: User, membership: Membership, role: str) -> Membership:
+    _require_manager_of(actor, membership.organization)
+    _check_role_fits(membership.organization, role)
+    if membership.user_id == actor.pk:
+        raise ValidationError({"role": "You cannot change your own role; ask another admin."})
+    old = membership.role
+    if old != role:
+        membership.role = role
+        membership.save(update_fields=["role"])
+        audit_record(
+            actor=actor,
+            action=events.USER_ROLE_CHANGED,
+            target=membership.user,
+            organization=membership.organization,
+            data={"from": old, "to": role},
+        )
+    return membership
+
+
+@transaction.atomic
+def user_set_active(*, actor: User, user: User, active: bool) -> User:
+    """Deactivate (signs the user out everywhere: no new logins) or reactivate a user."""
+    _require_manager_of(actor, user.membership.organization)
+    if user.pk == actor.pk:
+        raise ValidationError("You cannot deactivate yourself.")
+    if user.is_active != active:
+        user.is_active = active
+        user.save(update_fields=["is_active"])
+        audit_record(
+            actor=actor,
+            action=events.USER_REACTIVATED if active else events.USER_DEACTIVATED,
+            target=user,
+            organization=user.membership.organization,
+        )
+    return user
+
+
+@transaction.atomic
+def user_set_password(*, actor: User | None, user: User, password: str) -> User:
+    """Set-up commands only (seed_demo --password); people change theirs through allauth."""
+    user.set_password(password)
+    user.save(update_fields=["password"])
+    audit_record(actor=actor, action=events.USER_PASSWORD_SET, target=user, organization=user.organization)
+    return user

@@ -1,0 +1,180 @@
+"""Pages for the persona home, organisations, members and invitations."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.forms import Form
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from accounts import selectors, services
+from accounts.forms import AcceptInvitationForm, InvitationForm, OrganizationEditForm, OrganizationForm, RoleForm
+from accounts.models import Role
+from accounts.permissions import require_role, role_of
+
+
+def apply_validation_error(form: Form, error: ValidationError) -> None:
+    """Show a service's ValidationError next to the fields it names (or above the form)."""
+    if hasattr(error, "error_dict"):
+        for field, errors in error.error_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+    else:
+        form.add_error(None, error)
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    role = role_of(request.user)
+    if role is None:
+        return render(request, "home/no_role.html", status=403)
+    context = {"organization": request.user.membership.organization}
+    return render(request, f"home/{role}.html", context)
+
+
+@login_required
+def organization_list(request: HttpRequest) -> HttpResponse:
+    organizations = selectors.organization_list(user=request.user)
+    return render(request, "accounts/organization_list.html", {"organizations": organizations})
+
+
+@login_required
+def organization_create(request: HttpRequest) -> HttpResponse:
+    require_role(request.user, Role.LAB_ADMIN)
+    form = OrganizationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            organization = services.organization_create(actor=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            messages.success(request, f"{organization.name} created. Invite its first users below.")
+            return redirect("organization_detail", pk=organization.pk)
+    return render(request, "accounts/organization_form.html", {"form": form, "title": "New organisation"})
+
+
+@login_required
+def organization_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    organization = selectors.organization_get(user=request.user, pk=pk)
+    require_role(request.user, Role.LAB_ADMIN)
+    initial = {f: getattr(organization, f) for f in ("legal_name", "jurisdiction", "address", "contact_email")}
+    form = OrganizationEditForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.organization_update(actor=request.user, organization=organization, **form.cleaned_data)
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            messages.success(request, "Organisation details saved.")
+            return redirect("organization_detail", pk=organization.pk)
+    context = {"form": form, "title": f"Edit {organization.name}", "organization": organization}
+    return render(request, "accounts/organization_form.html", context)
+
+
+@login_required
+def my_organization(request: HttpRequest) -> HttpResponse:
+    if role_of(request.user) is None:
+        raise Http404
+    return organization_detail(request, request.user.membership.organization_id)
+
+
+@login_required
+def organization_detail(request: HttpRequest, pk: int, invite_form: InvitationForm | None = None) -> HttpResponse:
+    organization = selectors.organization_get(user=request.user, pk=pk)
+    can_manage = selectors.can_manage_users(request.user, organization)
+    members = selectors.membership_list(user=request.user, organization=organization)
+    page = Paginator(members, 50).get_page(request.GET.get("page"))
+    context = {
+        "organization": organization,
+        "members": page,
+        "invitations": selectors.invitation_list(user=request.user, organization=organization),
+        "can_manage": can_manage,
+        "can_edit": role_of(request.user) == Role.LAB_ADMIN,
+        "invite_form": invite_form or InvitationForm(organization=organization),
+        "roles": Role.for_kind(organization.kind),
+    }
+    status = 400 if invite_form is not None and invite_form.errors else 200
+    return render(request, "accounts/organization_detail.html", context, status=status)
+
+
+@login_required
+@require_POST
+def invitation_create(request: HttpRequest, pk: int) -> HttpResponse:
+    organization = selectors.organization_get(user=request.user, pk=pk)
+    form = InvitationForm(request.POST, organization=organization)
+    if form.is_valid():
+        try:
+            invitation, _token = services.invitation_create(
+                actor=request.user, organization=organization, **form.cleaned_data
+            )
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            messages.success(request, f"Invitation emailed to {invitation.email}.")
+            return redirect("organization_detail", pk=organization.pk)
+    if not selectors.can_manage_users(request.user, organization):
+        require_role(request.user, Role.LAB_ADMIN)  # raises 403 with a clear message
+    return organization_detail(request, organization.pk, invite_form=form)
+
+
+@login_required
+@require_POST
+def invitation_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    invitation = selectors.invitation_get(user=request.user, pk=pk)
+    try:
+        services.invitation_revoke(actor=request.user, invitation=invitation)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Invitation for {invitation.email} withdrawn.")
+    return redirect("organization_detail", pk=invitation.organization_id)
+
+
+@login_required
+@require_POST
+def membership_update(request: HttpRequest, pk: int) -> HttpResponse:
+    """Change a member's role, or deactivate / reactivate them."""
+    membership = selectors.membership_get(user=request.user, pk=pk)
+    action = request.POST.get("action")
+    try:
+        if action == "role":
+            form = RoleForm(request.POST, organization=membership.organization)
+            if not form.is_valid():
+                raise ValidationError(form.errors["role"])
+            services.membership_change_role(actor=request.user, membership=membership, role=form.cleaned_data["role"])
+            messages.success(request, f"{membership.user.email} is now {membership.get_role_display()}.")
+        elif action in ("deactivate", "reactivate"):
+            services.user_set_active(actor=request.user, user=membership.user, active=action == "reactivate")
+            messages.success(request, f"{membership.user.email} {action}d.")
+        else:
+            messages.error(request, "Unknown action.")
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    return redirect("organization_detail", pk=membership.organization_id)
+
+
+def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
+    try:
+        invitation = services.invitation_from_token(token)
+    except ValidationError as exc:
+        return render(request, "accounts/invitation_invalid.html", {"message": exc.messages[0]}, status=410)
+    if request.user.is_authenticated:
+        messages.info(request, "You are signed in already; sign out to accept an invitation for someone else.")
+        return redirect("home")
+    form = AcceptInvitationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = services.invitation_accept(
+                token=token, full_name=form.cleaned_data["full_name"], password=form.cleaned_data["password1"]
+            )
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            messages.success(request, f"Welcome to ModelPact, {user.get_short_name()}.")
+            return redirect("home")
+    return render(request, "accounts/invitation_accept.html", {"form": form, "invitation": invitation})
