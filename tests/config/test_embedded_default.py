@@ -1,0 +1,58 @@
+"""The one-machine default (SQLite + kombu's filesystem broker) runs a real worker end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.worker
+
+
+def embedded_env(var_dir: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}
+    }
+    env["MODELPACT_VAR_DIR"] = str(var_dir)
+    return env
+
+
+def test_a_worker_on_sqlite_and_the_filesystem_broker_runs_a_task(tmp_path):
+    env = embedded_env(tmp_path)
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True, timeout=180)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,gpu", "--pool", "solo",
+         "--hostname", "smoke@%h", "--loglevel", "INFO"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        subprocess.run(
+            [*manage, "shell", "-c", "from inference.tasks import worker_heartbeat; worker_heartbeat.delay()"],
+            cwd=ROOT, env=env, check=True, timeout=60,
+        )  # fmt: skip
+        database = tmp_path / "modelpact.sqlite3"
+        deadline = time.monotonic() + 60
+        seen = []
+        while time.monotonic() < deadline and not seen:
+            with sqlite3.connect(database) as conn:
+                seen = conn.execute("SELECT hostname FROM inference_workerheartbeat").fetchall()
+            time.sleep(0.2)
+        assert seen, "the worker never ran the task"
+        assert seen[0][0].startswith("smoke@")
+        assert list((tmp_path / "broker" / "queue").iterdir()) == []  # acknowledged, nothing left behind
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()

@@ -1,0 +1,69 @@
+"""Settings come from the environment, parsed strictly: a bad value stops start-up naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PRODUCTION = {
+    "DEBUG": "false",
+    "SECRET_KEY": "x" * 20 + "production-secret-key-that-is-long-and-random-0123456789",
+    "ALLOWED_HOSTS": "modelpact.example",
+    "DATABASE_URL": "postgres://modelpact@db.internal:5432/modelpact",
+    "CELERY_BROKER_URL": "redis://redis.internal:6379/0",
+    "REDIS_URL": "redis://redis.internal:6379/1",
+    "EMAIL_URL": "smtp://mailer:secret@smtp.example:587",
+}
+
+
+def manage(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in PRODUCTION and k != "DJANGO_SETTINGS_MODULE"}
+    clean["MODELPACT_VAR_DIR"] = str(tmp_path)
+    clean.update(env)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DEBUG", "maybe"),
+        ("DATABASE_URL", "mysql-ish://nowhere"),
+        ("CELERY_BROKER_URL", "carrier-pigeon://"),
+        ("EMAIL_URL", "fax://"),
+        ("CELERY_TASK_TIME_LIMIT", "ten"),
+        ("LOGIN_ATTEMPTS_LIMIT", "0"),
+    ],
+)
+def test_a_bad_value_stops_start_up_naming_the_variable(tmp_path, variable, value):
+    result = manage("check", tmp_path=tmp_path, **{variable: value})
+    assert result.returncode != 0
+    assert variable in result.stderr
+    assert "Traceback" not in result.stderr.splitlines()[-1]
+
+
+def test_secret_key_is_required_when_debug_is_off(tmp_path):
+    result = manage("check", tmp_path=tmp_path, DEBUG="false", ALLOWED_HOSTS="x.example")
+    assert result.returncode != 0
+    assert "SECRET_KEY is required" in result.stderr
+
+
+def test_development_generates_a_secret_key_once(tmp_path):
+    assert manage("check", tmp_path=tmp_path).returncode == 0
+    key = (tmp_path / "secret_key").read_text()
+    assert len(key) >= 50
+    manage("check", tmp_path=tmp_path)
+    assert (tmp_path / "secret_key").read_text() == key
+
+
+def test_production_values_pass_check_deploy_without_a_warning(tmp_path):
+    result = manage("check", "--deploy", "--fail-level", "WARNING", tmp_path=tmp_path, **PRODUCTION)
+    assert result.returncode == 0, result.stderr
+    assert "WARNINGS" not in result.stderr + result.stdout
+    assert "no issues" in result.stdout
