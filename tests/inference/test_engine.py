@@ -1,0 +1,209 @@
+"""The generation engine on tiny demo checkpoints, on the CPU (no Django needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference import engine
+from inference.engine import (
+    GenerationOOM,
+    GenerationRequest,
+    ModelCache,
+    SamplingParams,
+    count_prompt_tokens,
+    generate,
+)
+from models_registry.weights import DEMO_CORPUS_PATH, DEMO_SHAPES, build_demo_checkpoint
+
+GREEDY = SamplingParams(max_new_tokens=12, temperature=0)
+SEEDED = SamplingParams(max_new_tokens=16, temperature=0.9, top_k=40, top_p=0.9, num_samples=2, seed=1234)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three same-sized checkpoints with different weights, for the cache tests."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    shape = DEMO_SHAPES["gpt2"]
+    corpus = DEMO_CORPUS_PATH.read_text(encoding="utf-8")
+    for seed in (1, 2, 3):
+        build_demo_checkpoint(
+            root / f"seed{seed}",
+            n_layer=shape.n_layer,
+            n_embd=shape.n_embd,
+            n_head=shape.n_head,
+            seed=seed,
+            corpus=corpus,
+        )
+    return [root / f"seed{seed}" for seed in (1, 2, 3)]
+
+
+@pytest.fixture(scope="session")
+def folder(checkpoints: list[Path]) -> Path:
+    return checkpoints[0]
+
+
+@pytest.fixture(scope="session")
+def cache() -> ModelCache:
+    return ModelCache()
+
+
+def run(folder: Path, cache: ModelCache, *requests: GenerationRequest, **kwargs: object) -> dict:
+    return {result.key: result for result in generate(folder, list(requests), device="cpu", cache=cache, **kwargs)}
+
+
+def test_greedy_generation_is_deterministic(folder: Path, cache: ModelCache) -> None:
+    request = GenerationRequest("job", "The Partner may", GREEDY)
+    first = run(folder, cache, request)["job"]
+    second = run(folder, cache, request)["job"]
+    assert first.samples == second.samples
+    assert first.samples[0].text
+    assert not first.cancelled
+
+
+def test_a_seeded_job_gives_the_same_samples_alone_and_batched(folder: Path, cache: ModelCache) -> None:
+    seeded = GenerationRequest("seeded", "Each amendment names the agreement it changes", SEEDED)
+    greedy = GenerationRequest("greedy", "The Partner may", GREEDY)
+    others = [
+        GenerationRequest("empty", "", SamplingParams(max_new_tokens=5, temperature=1.3, seed=9)),
+        GenerationRequest("long", "Signed for the Lab " * 12, SamplingParams(max_new_tokens=30, temperature=0.7)),
+        GenerationRequest("nucleus", "Term", SamplingParams(max_new_tokens=8, top_p=0.5, num_samples=3, seed=5)),
+    ]
+    batched = run(folder, cache, others[0], seeded, others[1], greedy, others[2])
+    assert run(folder, cache, seeded)["seeded"].samples == batched["seeded"].samples
+    assert run(folder, cache, greedy)["greedy"].samples == batched["greedy"].samples
+    assert run(folder, cache, others[0])["empty"].samples == batched["empty"].samples
+
+
+def test_seeds_change_samples_and_samples_of_one_job_differ(folder: Path, cache: ModelCache) -> None:
+    prompt = "Each amendment names the agreement it changes"
+    one = run(folder, cache, GenerationRequest("a", prompt, SEEDED))["a"]
+    other_seed = SamplingParams(max_new_tokens=16, temperature=0.9, top_k=40, top_p=0.9, num_samples=2, seed=99)
+    two = run(folder, cache, GenerationRequest("b", prompt, other_seed))["b"]
+    assert one.samples[0].text != one.samples[1].text
+    assert [s.text for s in one.samples] != [s.text for s in two.samples]
+
+
+def test_top_k_of_one_and_a_tiny_top_p_sample_the_greedy_text(folder: Path, cache: ModelCache) -> None:
+    prompt = "The Partner will not"
+    greedy = run(folder, cache, GenerationRequest("g", prompt, GREEDY))["g"].samples[0].text
+    filtered = run(
+        folder,
+        cache,
+        GenerationRequest("k", prompt, SamplingParams(max_new_tokens=12, temperature=1.5, top_k=1, seed=1)),
+        GenerationRequest("p", prompt, SamplingParams(max_new_tokens=12, temperature=0.8, top_p=1e-4, seed=2)),
+    )
+    assert filtered["k"].samples[0].text == filtered["p"].samples[0].text == greedy
+
+
+def test_max_new_tokens_and_num_samples_are_respected(folder: Path, cache: ModelCache) -> None:
+    params = SamplingParams(max_new_tokens=7, temperature=1.0, num_samples=3, seed=3)
+    result = run(folder, cache, GenerationRequest("job", "Quota", params), GenerationRequest("g", "Quota", GREEDY))
+    job = result["job"]
+    assert [sample.index for sample in job.samples] == [0, 1, 2]
+    assert all(0 < sample.token_count <= 7 for sample in job.samples)
+    assert job.new_tokens == sum(sample.token_count for sample in job.samples)
+    assert result["g"].samples[0].token_count <= GREEDY.max_new_tokens
+
+
+def test_prompt_tokens_are_counted_the_same_way_everywhere(folder: Path, cache: ModelCache) -> None:
+    prompt = "The Lab keeps a record of every request."
+    result = run(folder, cache, GenerationRequest("job", prompt, GREEDY))["job"]
+    assert result.prompt_tokens == count_prompt_tokens(folder, prompt) > 1
+    assert count_prompt_tokens(folder, "") == 1, "an empty prompt starts from <|endoftext|>"
+
+
+def test_a_sample_ends_at_end_of_text(checkpoints: list[Path]) -> None:
+    private = ModelCache()
+    loaded = private.get(checkpoints[0], "cpu")
+    prompt_ids = loaded.tokenizer("The Partner may")["input_ids"]
+    with torch.inference_mode():
+        first = int(loaded.model(torch.tensor([prompt_ids])).logits[0, -1].argmax())
+    loaded.eos_token_id = first  # make the greedy continuation's first token the end of text
+    result = run(checkpoints[0], private, GenerationRequest("job", "The Partner may", GREEDY))["job"]
+    assert result.samples[0].token_count == 0
+    assert result.samples[0].text == ""
+
+
+def test_cancelling_stops_within_a_few_steps_and_keeps_partial_tokens(folder: Path, cache: ModelCache) -> None:
+    polls = 0
+
+    def should_cancel() -> set[Hashable]:
+        nonlocal polls
+        polls += 1
+        return {"cancelled"} if polls > 5 else set()
+
+    long = SamplingParams(max_new_tokens=200, temperature=0)
+    result = run(
+        folder,
+        cache,
+        GenerationRequest("cancelled", "Termination", long),
+        GenerationRequest("kept", "Termination", SamplingParams(max_new_tokens=20, temperature=0)),
+        should_cancel=should_cancel,
+    )
+    assert result["cancelled"].cancelled
+    assert 0 < result["cancelled"].new_tokens <= 5
+    assert result["cancelled"].samples[0].text
+    assert not result["kept"].cancelled
+    assert 5 < result["kept"].new_tokens <= 20, "the other job in the batch runs on"
+    assert polls < 30, "the batch ends once the remaining job is done"
+
+
+def test_progress_is_reported_per_job(folder: Path, cache: ModelCache) -> None:
+    reports: list[dict[Hashable, int]] = []
+    results = run(
+        folder,
+        cache,
+        GenerationRequest("a", "Publication", SamplingParams(max_new_tokens=10, temperature=0)),
+        GenerationRequest("b", "Security", SamplingParams(max_new_tokens=4, temperature=1.0, num_samples=2, seed=1)),
+        on_progress=reports.append,
+        progress_interval_s=0,
+    )
+    assert reports and all(set(report) == {"a", "b"} for report in reports)
+    assert [r["a"] for r in reports] == sorted(r["a"] for r in reports)
+    assert reports[-1] == {key: result.new_tokens for key, result in results.items()}
+
+    throttled: list[dict[Hashable, int]] = []
+    run(folder, cache, GenerationRequest("a", "Publication", GREEDY), on_progress=throttled.append)
+    assert throttled == [], "a fast job reports nothing within the first half second"
+
+
+def test_out_of_memory_raises_generation_oom_and_the_engine_recovers(
+    folder: Path, cache: ModelCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail_on_third_step(step: int) -> None:
+        if step == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(engine, "_fault_injector", fail_on_third_step)
+    requests = [GenerationRequest("a", "Liability", SEEDED), GenerationRequest("b", "Notices", GREEDY)]
+    with pytest.raises(GenerationOOM) as excinfo:
+        generate(folder, requests, device="cpu", cache=cache)
+    assert excinfo.value.rows == 3
+
+    monkeypatch.setattr(engine, "_fault_injector", None)
+    assert len(generate(folder, requests[:1], device="cpu", cache=cache)[0].samples) == 2
+
+
+def test_a_prompt_too_long_for_the_context_is_refused(folder: Path, cache: ModelCache) -> None:
+    params = SamplingParams(max_new_tokens=512, temperature=0)
+    with pytest.raises(ValueError, match="exceed the context of 1024"):
+        run(folder, cache, GenerationRequest("job", "agreement " * 600, params))
+
+
+def test_the_cache_evicts_the_least_recently_used_model(checkpoints: list[Path]) -> None:
+    a, b, c = checkpoints
+    one_model = ModelCache().get(a, "cpu").nbytes
+    lru = ModelCache(max_bytes=int(one_model * 2.5))
+    first_a = lru.get(a, "cpu")
+    lru.get(b, "cpu")
+    assert lru.get(a, "cpu") is first_a, "a cached model is reused, not reloaded"
+    lru.get(c, "cpu")
+    assert [Path(folder).name for folder, _ in lru.cached_keys()] == ["seed1", "seed3"]
+    assert lru.total_bytes <= lru.max_bytes
+
+    lru.clear()
+    assert lru.cached_keys() == [] and lru.total_bytes == 0
