@@ -74,7 +74,10 @@ def test_an_expired_invitation_is_refused_and_creates_nothing(lab_admin, partner
     _, token = services.invitation_create(
         actor=lab_admin, organization=partner_a, email="late@partner-a.example", role=Role.RESEARCHER
     )
-    with time_machine.travel(timezone.now() + timezone.timedelta(days=8)), pytest.raises(ValidationError, match="expired"):
+    with (
+        time_machine.travel(timezone.now() + timezone.timedelta(days=8)),
+        pytest.raises(ValidationError, match="expired"),
+    ):
         services.invitation_accept(token=token, full_name="Late", password="a long enough password")
     assert not User.objects.filter(email="late@partner-a.example").exists()
 
@@ -117,9 +120,13 @@ def test_bad_invitations_are_refused_with_a_message_on_the_field(
 def test_a_pending_invitation_blocks_a_second_one_until_it_expires(lab_admin, partner_a):
     services.invitation_create(actor=lab_admin, organization=partner_a, email="p@partner-a.example", role="researcher")
     with pytest.raises(ValidationError, match="pending invitation"):
-        services.invitation_create(actor=lab_admin, organization=partner_a, email="p@partner-a.example", role="researcher")
+        services.invitation_create(
+            actor=lab_admin, organization=partner_a, email="p@partner-a.example", role="researcher"
+        )
     with time_machine.travel(timezone.now() + timezone.timedelta(days=8)):
-        services.invitation_create(actor=lab_admin, organization=partner_a, email="p@partner-a.example", role="researcher")
+        services.invitation_create(
+            actor=lab_admin, organization=partner_a, email="p@partner-a.example", role="researcher"
+        )
     assert Invitation.objects.filter(email="p@partner-a.example", revoked_at__isnull=False).count() == 1
 
 
@@ -133,14 +140,15 @@ def test_partner_admin_invites_to_own_organisation_only(admin_a, partner_a, part
 def test_other_roles_cannot_invite(request, persona, partner_a):
     with pytest.raises(PermissionDenied):
         services.invitation_create(
-            actor=request.getfixturevalue(persona), organization=partner_a, email="x@partner-a.example", role="researcher"
+            actor=request.getfixturevalue(persona),
+            organization=partner_a,
+            email="x@partner-a.example",
+            role="researcher",
         )
 
 
 def test_partner_admin_changes_roles_and_deactivates_in_own_organisation(admin_a, researcher_a, researcher_b):
-    membership = services.membership_change_role(
-        actor=admin_a, membership=researcher_a.membership, role=Role.SIGNATORY
-    )
+    membership = services.membership_change_role(actor=admin_a, membership=researcher_a.membership, role=Role.SIGNATORY)
     assert membership.role == Role.SIGNATORY
     assert last_action() == "user.role_changed"
     services.user_set_active(actor=admin_a, user=researcher_a, active=False)

@@ -86,13 +86,17 @@ def test_partner_admin_cannot_act_on_another_organisations_members(client, admin
     assert client.post(url, {"action": "deactivate"}).status_code == 404
     researcher_b.refresh_from_db()
     assert researcher_b.is_active
-    response = client.post(reverse("invitation_create", args=[partner_b.pk]), {"email": "x@y.example", "role": "researcher"})
+    response = client.post(
+        reverse("invitation_create", args=[partner_b.pk]), {"email": "x@y.example", "role": "researcher"}
+    )
     assert response.status_code == 404
 
 
 def test_researcher_cannot_invite_into_own_organisation(client, researcher_a, partner_a):
     client.force_login(researcher_a)
-    response = client.post(reverse("invitation_create", args=[partner_a.pk]), {"email": "x@y.example", "role": "researcher"})
+    response = client.post(
+        reverse("invitation_create", args=[partner_a.pk]), {"email": "x@y.example", "role": "researcher"}
+    )
     assert response.status_code == 403
     assert not Invitation.objects.exists()
 
@@ -118,7 +122,9 @@ def test_invitation_link_flow(client, admin_a, partner_a, django_capture_on_comm
 
     client.force_login(admin_a)
     with django_capture_on_commit_callbacks(execute=True):
-        client.post(reverse("invitation_create", args=[partner_a.pk]), {"email": "new@partner-a.example", "role": "signatory"})
+        client.post(
+            reverse("invitation_create", args=[partner_a.pk]), {"email": "new@partner-a.example", "role": "signatory"}
+        )
     link = next(line for line in mail.outbox[0].body.splitlines() if "/invitations/accept/" in line)
     path = link.split("127.0.0.1:8000")[-1]
     client.logout()
@@ -126,7 +132,9 @@ def test_invitation_link_flow(client, admin_a, partner_a, django_capture_on_comm
     mismatch = client.post(path, {"full_name": "New", "password1": "a long enough password", "password2": "different"})
     assert "The two passwords differ" in mismatch.content.decode()
 
-    response = client.post(path, {"full_name": "New Person", "password1": "a long enough password", "password2": "a long enough password"})
+    response = client.post(
+        path, {"full_name": "New Person", "password1": "a long enough password", "password2": "a long enough password"}
+    )
     assert response.status_code == 302
     assert client.get("/").status_code == 200
     client.logout()
@@ -164,7 +172,11 @@ def test_unknown_pages_use_the_product_404(client, researcher_a):
 
 def test_role_form_refuses_unknown_role(client, admin_a, researcher_a):
     client.force_login(admin_a)
-    response = client.post(reverse("membership_update", args=[researcher_a.membership.pk]), {"action": "role", "role": "legal"}, follow=True)
+    response = client.post(
+        reverse("membership_update", args=[researcher_a.membership.pk]),
+        {"action": "role", "role": "legal"},
+        follow=True,
+    )
     assert "Choose one of the roles listed" in response.content.decode()
     researcher_a.membership.refresh_from_db()
     assert researcher_a.membership.role == Role.RESEARCHER
