@@ -12,6 +12,29 @@ USER_REACTIVATED = "user.reactivated"
 USER_PASSWORD_SET = "user.password_set"
 
 
+TEMPLATE_CREATED = "template.created"
+TEMPLATE_VERSION_SAVED = "template.version_saved"
+TEMPLATE_VERSION_PUBLISHED = "template.version_published"
+TEMPLATE_VERSION_DRAFTED = "template.version_drafted"
+TEMPLATE_VERSION_RETIRED = "template.version_retired"
+AGREEMENT_CREATED = "agreement.created"
+AGREEMENT_UPDATED = "agreement.updated"
+AGREEMENT_SENT = "agreement.sent"
+AGREEMENT_VIEWED = "agreement.viewed"
+AGREEMENT_REMINDER_SENT = "agreement.reminder_sent"
+AGREEMENT_SIGNED = "agreement.signed"
+AGREEMENT_COUNTERSIGNED = "agreement.countersigned"
+AGREEMENT_ACTIVATED = "agreement.activated"
+AGREEMENT_DECLINED = "agreement.declined"
+AGREEMENT_VOIDED = "agreement.voided"
+AGREEMENT_TERMINATED = "agreement.terminated"
+AGREEMENT_EXPIRED = "agreement.expired"
+AGREEMENT_SUPERSEDED = "agreement.superseded"
+AGREEMENT_SIGNING_REFUSED = "agreement.signing_refused"
+GRANT_CREATED = "grant.created"
+GRANT_REVOKED = "grant.revoked"
+
+
 def all_actions() -> list[str]:
     """Every action constant defined in this module, for filters and validation."""
     return sorted(value for name, value in globals().items() if name.isupper() and isinstance(value, str))
