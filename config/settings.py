@@ -170,6 +170,10 @@ MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 MFA_TOTP_ISSUER = "ModelPact"
 INVITATION_TTL_DAYS = env_int("INVITATION_TTL_DAYS", 7, minimum=1)
 
+# --- Agreements -----------------------------------------------------------
+AGREEMENT_REMINDER_DAYS = env_int("AGREEMENT_REMINDER_DAYS", 3, minimum=1)
+AGREEMENT_SIGNATURE_DAYS = env_int("AGREEMENT_SIGNATURE_DAYS", 30, minimum=1)
+
 # --- Email ----------------------------------------------------------------
 globals().update(parse_email_url("EMAIL_URL", env_str("EMAIL_URL", "console://") or "console://"))
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "ModelPact <no-reply@modelpact.localhost>")
@@ -197,6 +201,11 @@ STORAGES = {
     },
 }
 MEDIA_ROOT = VAR_DIR / "media"
+
+# --- Model weights --------------------------------------------------------
+# Where checkpoint_demo builds the tiny demo checkpoints (one folder per slug). Real weights are
+# registered from wherever checkpoint_import is pointed; workers must see the same paths.
+CHECKPOINTS_DIR = Path(env_str("CHECKPOINTS_DIR", str(VAR_DIR / "checkpoints"))).resolve()
 
 # --- Security (production values pass `manage.py check --deploy`) --------
 SESSION_COOKIE_HTTPONLY = True
@@ -261,4 +270,8 @@ LOGGING = {
 
 CELERY_BEAT_SCHEDULE = {
     "worker-heartbeat": {"task": "inference.tasks.worker_heartbeat", "schedule": 60.0},
+    # Expiry is also checked at every use; this sweep makes the revocation visible and audited.
+    "grants-revoke-expired": {"task": "models_registry.tasks.grants_revoke_expired", "schedule": 3600.0},
+    "expire-agreements": {"task": "agreements.tasks.expire_agreements", "schedule": 3600.0},
+    "remind-signatories": {"task": "agreements.tasks.remind_signatories", "schedule": 3600.0},
 }

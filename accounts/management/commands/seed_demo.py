@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.utils import timezone
 
 from accounts import services
 from accounts.models import Organization, Role, User
 
 DEFAULT_PASSWORD = "modelpact-demo"
+TEMPLATE_NAME = "GPT-2 Model Sharing Agreement"
+TEMPLATE_NOTE = "The agreement under which partners receive the staged GPT-2 checkpoints."
+PURPOSE_A = (
+    "Measuring how reliably machine-generated news text can be detected, and building open detectors "
+    "that newsrooms can run."
+)
+PURPOSE_B = "Studying social biases in the samples of the smallest GPT-2 model across prompts in German and English."
 
 LAB = {
     "name": "The Lab",
@@ -68,6 +78,7 @@ class Command(BaseCommand):
             for org_name, people in PEOPLE.items():
                 for email, role, full_name in people:
                     self._user(organizations[org_name], email, role, full_name, password)
+            self._agreements(organizations)
         self._print_logins(password)
 
     def _organization(self, spec: dict) -> Organization:
@@ -83,6 +94,65 @@ class Command(BaseCommand):
         if not user.check_password(password):
             services.user_set_password(actor=None, user=user, password=password)
         return user
+
+    def _agreements(self, organizations: dict[str, Organization]) -> None:
+        """The published agreement; Partner A active on gpt2 + gpt2-medium, Partner B out for signature."""
+        from agreements import services as agreements
+        from agreements.models import Agreement, AgreementTemplate, TemplateVersion
+        from models_registry.models import Checkpoint
+
+        legal = User.objects.get(email="legal@lab.example")
+        template = AgreementTemplate.objects.filter(name=TEMPLATE_NAME).first()
+        if template is None:
+            body = (Path(agreements.__file__).parent / "default_template.md").read_text()
+            version = agreements.template_create(actor=legal, name=TEMPLATE_NAME, body=body, description=TEMPLATE_NOTE)
+            agreements.template_version_publish(actor=legal, version=version)
+        version = TemplateVersion.objects.filter(template__name=TEMPLATE_NAME, status="published").latest("number")
+        small = list(Checkpoint.objects.filter(slug__in=["gpt2", "gpt2-medium"]))
+        live = [Agreement.Status.ACTIVE, Agreement.Status.OUT_FOR_SIGNATURE, Agreement.Status.PARTNER_SIGNED]
+
+        partner_a = organizations["Partner A"]
+        if not Agreement.objects.filter(organization=partner_a, status__in=live).exists():
+            agreement = self._sent_agreement(legal, partner_a, version, small, PURPOSE_A)
+            for email in ("signer@partner-a.example", "legal@lab.example"):
+                agreement.refresh_from_db()
+                self._sign(User.objects.get(email=email), agreement)
+        partner_b = organizations["Partner B"]
+        if not Agreement.objects.filter(organization=partner_b, status__in=live).exists():
+            self._sent_agreement(legal, partner_b, version, small[:1], PURPOSE_B)
+
+    def _sent_agreement(self, legal, organization, version, checkpoints, purpose):
+        from agreements import services as agreements
+
+        draft = agreements.agreement_create(
+            actor=legal,
+            organization=organization,
+            template_version=version,
+            checkpoints=checkpoints,
+            effective_date=timezone.now().date(),
+            term_months=12,
+            daily_token_quota=50_000,
+            purpose=purpose,
+        )
+        return agreements.agreement_send(actor=legal, agreement=draft)
+
+    def _sign(self, user: User, agreement) -> None:
+        from agreements import services as agreements
+
+        agreements.agreement_sign(
+            actor=user,
+            agreement=agreement,
+            full_name=user.full_name,
+            title="Director of Research" if user.email.startswith("signer") else "General Counsel",
+            consent=True,
+            shown_document_sha256=agreement.document_sha256,
+            # Demo data: say so in the evidence rather than pretend a person re-entered a password.
+            reauth_method="demo-seed",
+            reauth_at=timezone.now(),
+            ip="127.0.0.1",
+            user_agent="seed_demo",
+            time_zone="UTC",
+        )
 
     def _print_logins(self, password: str) -> None:
         self.stdout.write(self.style.SUCCESS(f"Demo logins (password for all: {password})"))

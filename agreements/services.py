@@ -1,0 +1,658 @@
+"""Every write to templates and agreements: one transaction, one audit event, follow-ups on commit."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from accounts.models import Organization, Role, User
+from accounts.permissions import require_role, role_of
+from agreements import rendering, tasks
+from agreements.models import Agreement, AgreementTemplate, InvalidTransition, Signature, TemplateVersion
+from agreements.selectors import AGREEMENT_MANAGERS, TEMPLATE_EDITORS, agreement_render
+from audit import events
+from audit.services import audit_record
+from models_registry.models import Checkpoint
+
+CONSENT_TEXT = (
+    "I agree to sign this agreement electronically. I understand that my electronic signature is as binding "
+    "as a handwritten one; that ModelPact keeps a record of it with the agreement (my name, title, email, the "
+    "document's SHA-256 as shown to me, the time, my IP address, browser and time zone, and how I confirmed my "
+    "identity); and that I can download the signed agreement at any time."
+)
+CONSENT_SHA256 = rendering.sha256_text(CONSENT_TEXT)
+REAUTH_WINDOW = timedelta(minutes=5)
+MAX_TERM_MONTHS = 120
+MAX_DAILY_TOKEN_QUOTA = 100_000_000
+
+
+def _step(agreement: Agreement, step: str) -> None:
+    try:
+        agreement.transition(step)
+    except InvalidTransition as exc:
+        raise ValidationError(str(exc)) from None
+
+
+# --- Templates ------------------------------------------------------------------------------------
+
+
+def _check_body(body: str) -> None:
+    if not body.strip():
+        raise ValidationError({"body": "The template is empty."})
+    problems = rendering.check_template(body)
+    if problems:
+        raise ValidationError({"body": [str(problem) for problem in problems]})
+
+
+@transaction.atomic
+def template_create(*, actor: User, name: str, body: str, description: str = "") -> TemplateVersion:
+    """A new template with its first draft version."""
+    require_role(actor, *TEMPLATE_EDITORS)
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": "Give the template a name."})
+    if AgreementTemplate.objects.filter(name__iexact=name).exists():
+        raise ValidationError({"name": f"A template called {name!r} already exists."})
+    _check_body(body)
+    template = AgreementTemplate.objects.create(name=name, description=description.strip(), created_by=actor)
+    version = TemplateVersion.objects.create(template=template, number=1, body=body, created_by=actor)
+    audit_record(actor=actor, action=events.TEMPLATE_CREATED, target=template, data={"name": name})
+    return version
+
+
+@transaction.atomic
+def template_version_save(*, actor: User, version: TemplateVersion, body: str) -> TemplateVersion:
+    require_role(actor, *TEMPLATE_EDITORS)
+    version = TemplateVersion.objects.select_for_update().get(pk=version.pk)
+    if not version.is_draft:
+        raise ValidationError(f"{version} is {version.get_status_display().lower()} and can no longer change.")
+    _check_body(body)
+    if body != version.body:
+        version.body = body
+        version.updated_at = timezone.now()
+        version.save(update_fields=["body", "updated_at"])
+        audit_record(
+            actor=actor,
+            action=events.TEMPLATE_VERSION_SAVED,
+            target=version,
+            data={"template": version.template.name, "version": version.number, "length": len(body)},
+        )
+    return version
+
+
+@transaction.atomic
+def template_version_publish(*, actor: User, version: TemplateVersion) -> TemplateVersion:
+    """Freeze a draft: from now on its body and SHA-256 never change."""
+    require_role(actor, *TEMPLATE_EDITORS)
+    version = TemplateVersion.objects.select_for_update().get(pk=version.pk)
+    if not version.is_draft:
+        raise ValidationError(f"{version} is already {version.get_status_display().lower()}.")
+    _check_body(version.body)
+    version.status = TemplateVersion.Status.PUBLISHED
+    version.sha256 = rendering.sha256_text(version.body)
+    version.published_at = timezone.now()
+    version.published_by = actor
+    version.save(update_fields=["status", "sha256", "published_at", "published_by"])
+    audit_record(
+        actor=actor,
+        action=events.TEMPLATE_VERSION_PUBLISHED,
+        target=version,
+        data={"template": version.template.name, "version": version.number, "sha256": version.sha256},
+    )
+    return version
+
+
+@transaction.atomic
+def template_version_new_draft(*, actor: User, template: AgreementTemplate) -> TemplateVersion:
+    """Start the next draft from the latest version (or return the open draft)."""
+    require_role(actor, *TEMPLATE_EDITORS)
+    template = AgreementTemplate.objects.select_for_update().get(pk=template.pk)
+    existing = template.versions.filter(status=TemplateVersion.Status.DRAFT).first()
+    if existing:
+        return existing
+    latest = template.versions.order_by("-number").first()
+    number = (template.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+    version = TemplateVersion.objects.create(
+        template=template, number=number, body=latest.body if latest else "", created_by=actor
+    )
+    audit_record(
+        actor=actor,
+        action=events.TEMPLATE_VERSION_DRAFTED,
+        target=version,
+        data={"template": template.name, "version": number, "from_version": latest.number if latest else None},
+    )
+    return version
+
+
+@transaction.atomic
+def template_version_retire(*, actor: User, version: TemplateVersion) -> TemplateVersion:
+    """No new agreements from this version; existing ones are unaffected."""
+    require_role(actor, *TEMPLATE_EDITORS)
+    version = TemplateVersion.objects.select_for_update().get(pk=version.pk)
+    if version.status != TemplateVersion.Status.PUBLISHED:
+        raise ValidationError(f"Only a published version can be retired; {version} is {version.get_status_display()}.")
+    version.status = TemplateVersion.Status.RETIRED
+    version.retired_at = timezone.now()
+    version.save(update_fields=["status", "retired_at"])
+    audit_record(
+        actor=actor,
+        action=events.TEMPLATE_VERSION_RETIRED,
+        target=version,
+        data={"template": version.template.name, "version": version.number},
+    )
+    return version
+
+
+# --- Agreements: drafting ---------------------------------------------------------------------------
+
+
+def _validate_terms(
+    *,
+    organization: Organization,
+    template_version: TemplateVersion,
+    checkpoints: list[Checkpoint],
+    effective_date: date,
+    term_months: int,
+    daily_token_quota: int,
+    purpose: str,
+) -> dict:
+    errors: dict[str, str] = {}
+    # Judge the version as it is now, not as the caller last read it (it may have been retired since).
+    template_version = TemplateVersion.objects.select_related("template").get(pk=template_version.pk)
+    if organization.kind != Organization.Kind.PARTNER:
+        errors["organization"] = "Agreements are made with partner organisations."
+    elif not organization.active:
+        errors["organization"] = f"{organization.name} is deactivated."
+    if template_version.status != TemplateVersion.Status.PUBLISHED:
+        errors["template_version"] = (
+            f"{template_version} is {template_version.get_status_display().lower()}; choose a published version."
+        )
+    if not checkpoints:
+        errors["checkpoints"] = "Choose at least one checkpoint to grant."
+    else:
+        unavailable = [c for c in checkpoints if c.status != Checkpoint.Status.AVAILABLE]
+        if unavailable:
+            names = ", ".join(f"{c.slug} ({c.get_status_display().lower()})" for c in unavailable)
+            errors["checkpoints"] = f"These checkpoints cannot be granted now: {names}."
+    if effective_date is None:
+        errors["effective_date"] = "Enter the date the agreement takes effect."
+    elif effective_date < timezone.now().date():
+        errors["effective_date"] = "The effective date cannot be in the past."
+    if not isinstance(term_months, int) or not 1 <= term_months <= MAX_TERM_MONTHS:
+        errors["term_months"] = f"The term is a whole number of months from 1 to {MAX_TERM_MONTHS}."
+    if not isinstance(daily_token_quota, int) or not 1 <= daily_token_quota <= MAX_DAILY_TOKEN_QUOTA:
+        errors["daily_token_quota"] = f"The daily token quota is a whole number from 1 to {MAX_DAILY_TOKEN_QUOTA:,}."
+    purpose = (purpose or "").strip()
+    if len(purpose) < 20:
+        errors["purpose"] = "Describe the research purpose in at least 20 characters."
+    elif len(purpose) > 4000:
+        errors["purpose"] = "Keep the purpose under 4,000 characters."
+    if errors:
+        raise ValidationError(errors)
+    return {
+        "organization": organization,
+        "template_version": template_version,
+        "effective_date": effective_date,
+        "term_months": term_months,
+        "daily_token_quota": daily_token_quota,
+        "purpose": purpose,
+    }
+
+
+@transaction.atomic
+def agreement_create(
+    *,
+    actor: User,
+    organization: Organization,
+    template_version: TemplateVersion,
+    checkpoints: list[Checkpoint],
+    effective_date: date,
+    term_months: int,
+    daily_token_quota: int,
+    purpose: str,
+    amends: Agreement | None = None,
+    replaces_amended: bool = True,
+) -> Agreement:
+    require_role(actor, *AGREEMENT_MANAGERS)
+    fields = _validate_terms(
+        organization=organization,
+        template_version=template_version,
+        checkpoints=checkpoints,
+        effective_date=effective_date,
+        term_months=term_months,
+        daily_token_quota=daily_token_quota,
+        purpose=purpose,
+    )
+    if amends is not None:
+        if amends.organization_id != organization.pk:
+            raise ValidationError("An amendment is made with the same organisation as the agreement it amends.")
+        if amends.status != Agreement.Status.ACTIVE:
+            raise ValidationError(f"Only an active agreement can be amended; {amends.reference} is not active.")
+    agreement = Agreement.objects.create(
+        **fields, amends=amends, replaces_amended=replaces_amended if amends else False, created_by=actor
+    )
+    agreement.checkpoints.set(checkpoints)
+    audit_record(
+        actor=actor,
+        action=events.AGREEMENT_CREATED,
+        target=agreement,
+        data={
+            "reference": agreement.reference,
+            "template_version": str(template_version),
+            "checkpoints": sorted(c.slug for c in checkpoints),
+            "effective_date": effective_date.isoformat(),
+            "term_months": term_months,
+            "daily_token_quota": daily_token_quota,
+            "amends": amends.reference if amends else None,
+        },
+    )
+    return agreement
+
+
+@transaction.atomic
+def agreement_update(
+    *,
+    actor: User,
+    agreement: Agreement,
+    template_version: TemplateVersion,
+    checkpoints: list[Checkpoint],
+    effective_date: date,
+    term_months: int,
+    daily_token_quota: int,
+    purpose: str,
+    replaces_amended: bool = True,
+) -> Agreement:
+    """Change a draft. Once sent, an agreement's terms never change: void it and draft again."""
+    require_role(actor, *AGREEMENT_MANAGERS)
+    agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
+    if not agreement.is_editable:
+        raise ValidationError(f"{agreement.reference} was sent and can no longer change; void it and draft again.")
+    fields = _validate_terms(
+        organization=agreement.organization,
+        template_version=template_version,
+        checkpoints=checkpoints,
+        effective_date=effective_date,
+        term_months=term_months,
+        daily_token_quota=daily_token_quota,
+        purpose=purpose,
+    )
+    for name, value in fields.items():
+        setattr(agreement, name, value)
+    agreement.replaces_amended = replaces_amended if agreement.amends_id else False
+    agreement.save()
+    agreement.checkpoints.set(checkpoints)
+    audit_record(
+        actor=actor,
+        action=events.AGREEMENT_UPDATED,
+        target=agreement,
+        data={"checkpoints": sorted(c.slug for c in checkpoints), "term_months": term_months},
+    )
+    return agreement
+
+
+def agreement_amend(*, actor: User, agreement: Agreement, extra_checkpoints: list[Checkpoint] = ()) -> Agreement:
+    """A draft amendment prefilled from an active agreement (legal then adjusts checkpoints, quota or term)."""
+    version = _latest_published(agreement.template_version.template)
+    checkpoints = list(agreement.checkpoints.filter(status=Checkpoint.Status.AVAILABLE))
+    checkpoints += [c for c in extra_checkpoints if c not in checkpoints]
+    return agreement_create(
+        actor=actor,
+        organization=agreement.organization,
+        template_version=version,
+        checkpoints=checkpoints,
+        effective_date=timezone.now().date(),
+        term_months=agreement.term_months,
+        daily_token_quota=agreement.daily_token_quota,
+        purpose=agreement.purpose,
+        amends=agreement,
+        replaces_amended=True,
+    )
+
+
+def agreement_amend_for_request(*, actor: User, access_request) -> Agreement:
+    """An approved access request opens a prefilled draft: an amendment, or a first agreement."""
+    organization = access_request.organization
+    requested = list(access_request.checkpoints.all())
+    active = (
+        Agreement.objects.filter(organization=organization, status=Agreement.Status.ACTIVE)
+        .order_by("-activated_at")
+        .first()
+    )
+    if active is not None:
+        return agreement_amend(actor=actor, agreement=active, extra_checkpoints=requested)
+    template = AgreementTemplate.objects.filter(versions__status=TemplateVersion.Status.PUBLISHED).first()
+    if template is None:
+        raise ValidationError("Publish an agreement template first; there is nothing to draft from.")
+    return agreement_create(
+        actor=actor,
+        organization=organization,
+        template_version=_latest_published(template),
+        checkpoints=requested,
+        effective_date=timezone.now().date(),
+        term_months=12,
+        daily_token_quota=50_000,
+        purpose=access_request.purpose,
+    )
+
+
+def _latest_published(template: AgreementTemplate) -> TemplateVersion:
+    version = template.versions.filter(status=TemplateVersion.Status.PUBLISHED).order_by("-number").first()
+    if version is None:
+        raise ValidationError(f"{template.name} has no published version to draft from.")
+    return version
+
+
+# --- Agreements: sending and signing ----------------------------------------------------------------
+
+
+@transaction.atomic
+def agreement_send(*, actor: User, agreement: Agreement) -> Agreement:
+    """Render the document once and freeze it; signatories are emailed a link."""
+    require_role(actor, *AGREEMENT_MANAGERS)
+    agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
+    _step(agreement, "send")
+    _validate_terms(
+        organization=agreement.organization,
+        template_version=agreement.template_version,
+        checkpoints=list(agreement.checkpoints.all()),
+        effective_date=agreement.effective_date,
+        term_months=agreement.term_months,
+        daily_token_quota=agreement.daily_token_quota,
+        purpose=agreement.purpose,
+    )
+    if not agreement.organization.memberships.filter(role=Role.SIGNATORY, user__is_active=True).exists():
+        raise ValidationError(f"{agreement.organization.name} has no active signatory yet; invite one before sending.")
+    agreement.document_html = agreement_render(agreement)
+    agreement.document_sha256 = rendering.sha256_text(agreement.document_html)
+    now = timezone.now()
+    agreement.sent_at = now
+    agreement.signature_due_at = now + timedelta(days=settings.AGREEMENT_SIGNATURE_DAYS)
+    agreement.save()
+    audit_record(
+        actor=actor,
+        action=events.AGREEMENT_SENT,
+        target=agreement,
+        data={"document_sha256": agreement.document_sha256, "signature_due_at": agreement.signature_due_at},
+    )
+    tasks.notify_signatories.delay_on_commit(agreement.pk, "sent")
+    return agreement
+
+
+@transaction.atomic
+def agreement_mark_viewed(*, actor: User, agreement: Agreement) -> Agreement:
+    """The first time someone at the partner opens the sent document (kept for the record)."""
+    if agreement.first_viewed_at or role_of(actor) != Role.SIGNATORY or not agreement.document_html:
+        return agreement
+    agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
+    if agreement.first_viewed_at is None:
+        agreement.first_viewed_at = timezone.now()
+        agreement.save(update_fields=["first_viewed_at"])
+        audit_record(actor=actor, action=events.AGREEMENT_VIEWED, target=agreement)
+    return agreement
+
+
+def agreement_sign(
+    *,
+    actor: User,
+    agreement: Agreement,
+    full_name: str,
+    title: str,
+    consent: bool,
+    shown_document_sha256: str,
+    reauth_method: str | None,
+    reauth_at: datetime | None,
+    ip: str | None,
+    user_agent: str,
+    time_zone: str,
+) -> Signature:
+    """Sign for the partner (a signatory) or countersign for the lab (legal), which activates the agreement.
+
+    A signature whose shown document hash differs from the frozen one is refused, and the refusal is
+    audited in its own transaction so it survives the rollback.
+    """
+    role = role_of(actor)
+    if role == Role.SIGNATORY:
+        side = Signature.Side.PARTNER
+        if agreement.organization_id != actor.membership.organization_id:
+            raise PermissionDenied("Only the organisation's own signatories can sign its agreements.")
+    elif role in AGREEMENT_MANAGERS:
+        side = Signature.Side.LAB
+    else:
+        raise PermissionDenied("Only a partner signatory can sign, and only legal can countersign.")
+    if shown_document_sha256 != agreement.document_sha256:
+        with transaction.atomic():
+            audit_record(
+                actor=actor,
+                action=events.AGREEMENT_SIGNING_REFUSED,
+                target=agreement,
+                data={"shown_sha256": shown_document_sha256[:64], "document_sha256": agreement.document_sha256},
+            )
+        raise ValidationError(
+            "The document changed since you opened it (its SHA-256 differs from the one you were shown). "
+            "Reload the page, read it again, and sign the current version."
+        )
+    return _record_signature(
+        actor=actor,
+        agreement=agreement,
+        side=side,
+        full_name=full_name,
+        title=title,
+        consent=consent,
+        reauth_method=reauth_method,
+        reauth_at=reauth_at,
+        ip=ip,
+        user_agent=user_agent,
+        time_zone=time_zone,
+    )
+
+
+@transaction.atomic
+def _record_signature(
+    *,
+    actor: User,
+    agreement: Agreement,
+    side: str,
+    full_name: str,
+    title: str,
+    consent: bool,
+    reauth_method: str | None,
+    reauth_at: datetime | None,
+    ip: str | None,
+    user_agent: str,
+    time_zone: str,
+) -> Signature:
+    agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
+    errors = {}
+    if not consent:
+        errors["consent"] = "Tick the box to agree to sign electronically."
+    if not full_name.strip():
+        errors["full_name"] = "Type your full name as your signature."
+    if not title.strip():
+        errors["title"] = "Enter your title or position."
+    if errors:
+        raise ValidationError(errors)
+    now = timezone.now()
+    if reauth_method is None or reauth_at is None or now - reauth_at > REAUTH_WINDOW:
+        raise ValidationError("Confirm your identity again (password or authenticator code) before signing.")
+    _step(agreement, "partner_sign" if side == Signature.Side.PARTNER else "countersign")
+    signature = Signature.objects.create(
+        agreement=agreement,
+        signer=actor,
+        side=side,
+        full_name=full_name.strip(),
+        title=title.strip(),
+        signer_email=actor.email,
+        consent_text=CONSENT_TEXT,
+        consent_sha256=CONSENT_SHA256,
+        document_sha256=agreement.document_sha256,
+        signed_at=now,
+        ip=ip,
+        user_agent=user_agent[:500],
+        time_zone=time_zone[:64],
+        reauth_method=reauth_method,
+        reauth_at=reauth_at,
+    )
+    data = {
+        "side": side,
+        "full_name": signature.full_name,
+        "title": signature.title,
+        "document_sha256": signature.document_sha256,
+        "consent_sha256": CONSENT_SHA256,
+        "reauth_method": reauth_method,
+        "time_zone": signature.time_zone,
+        "user_agent": signature.user_agent,
+    }
+    if side == Signature.Side.PARTNER:
+        agreement.partner_signed_at = now
+        agreement.save(update_fields=["status", "partner_signed_at"])
+        audit_record(actor=actor, action=events.AGREEMENT_SIGNED, target=agreement, data=data)
+        tasks.notify_lab_countersign.delay_on_commit(agreement.pk)
+    else:
+        agreement.activated_at = now
+        agreement.save(update_fields=["status", "activated_at"])
+        audit_record(actor=actor, action=events.AGREEMENT_COUNTERSIGNED, target=agreement, data=data)
+        _activate(actor=actor, agreement=agreement)
+    return signature
+
+
+def _activate(*, actor: User, agreement: Agreement) -> None:
+    """The agreement is now active: its grants start, and an amendment may supersede the original."""
+    from models_registry.services import grants_create_for_agreement
+
+    grants_create_for_agreement(agreement=agreement, actor=actor)
+    if agreement.amends_id and agreement.replaces_amended:
+        original = Agreement.objects.select_for_update().get(pk=agreement.amends_id)
+        if original.can("supersede"):
+            _end(
+                actor=actor,
+                agreement=original,
+                step="supersede",
+                action=events.AGREEMENT_SUPERSEDED,
+                reason=f"superseded by {agreement.reference}",
+            )
+    tasks.notify_signatories.delay_on_commit(agreement.pk, "activated")
+
+
+def _end(*, actor: User | None, agreement: Agreement, step: str, action: str, reason: str) -> Agreement:
+    from models_registry.services import grants_revoke_for_agreement
+
+    _step(agreement, step)
+    agreement.ended_at = timezone.now()
+    agreement.end_reason = reason
+    agreement.save(update_fields=["status", "ended_at", "end_reason"])
+    audit_record(actor=actor, action=action, target=agreement, data={"reason": reason})
+    grants_revoke_for_agreement(agreement=agreement, actor=actor, reason=f"agreement {agreement.reference} {reason}")
+    return agreement
+
+
+def _require_reason(reason: str) -> str:
+    reason = (reason or "").strip()
+    if len(reason) < 5:
+        raise ValidationError({"reason": "Give a reason (at least a few words); the other side will see it."})
+    if len(reason) > 2000:
+        raise ValidationError({"reason": "Keep the reason under 2,000 characters."})
+    return reason
+
+
+@transaction.atomic
+def agreement_decline(*, actor: User, agreement: Agreement, reason: str) -> Agreement:
+    require_role(actor, Role.SIGNATORY)
+    if agreement.organization_id != actor.membership.organization_id:
+        raise PermissionDenied("Only the organisation's own signatories can decline its agreements.")
+    reason = _require_reason(reason)
+    agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
+    _step(agreement, "decline")
+    agreement.ended_at = timezone.now()
+    agreement.end_reason = reason
+    agreement.save(update_fields=["status", "ended_at", "end_reason"])
+    audit_record(actor=actor, action=events.AGREEMENT_DECLINED, target=agreement, data={"reason": reason})
+    tasks.notify_lab_declined.delay_on_commit(agreement.pk)
+    return agreement
+
+
+@transaction.atomic
+def agreement_void(*, actor: User, agreement: Agreement, reason: str = "") -> Agreement:
+    require_role(actor, *AGREEMENT_MANAGERS)
+    agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
+    was_sent = agreement.status == Agreement.Status.OUT_FOR_SIGNATURE
+    _step(agreement, "void")
+    agreement.ended_at = timezone.now()
+    agreement.end_reason = (reason or "").strip()
+    agreement.save(update_fields=["status", "ended_at", "end_reason"])
+    audit_record(actor=actor, action=events.AGREEMENT_VOIDED, target=agreement, data={"reason": agreement.end_reason})
+    if was_sent:
+        tasks.notify_signatories.delay_on_commit(agreement.pk, "voided")
+    return agreement
+
+
+@transaction.atomic
+def agreement_terminate(*, actor: User, agreement: Agreement, reason: str) -> Agreement:
+    """End an active agreement now; its grants are revoked, so access ends at once."""
+    require_role(actor, *AGREEMENT_MANAGERS)
+    reason = _require_reason(reason)
+    agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
+    _end(actor=actor, agreement=agreement, step="terminate", action=events.AGREEMENT_TERMINATED, reason=reason)
+    tasks.notify_signatories.delay_on_commit(agreement.pk, "terminated")
+    return agreement
+
+
+# --- Time-driven steps (beat) ------------------------------------------------------------------------
+
+
+@transaction.atomic
+def agreement_expire(*, agreement: Agreement, reason: str) -> Agreement:
+    agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
+    return _end(actor=None, agreement=agreement, step="expire", action=events.AGREEMENT_EXPIRED, reason=reason)
+
+
+def agreements_expire_due(*, now: datetime | None = None) -> list[str]:
+    """Expire active agreements past their end date and unsigned ones past their signing deadline."""
+    now = now or timezone.now()
+    expired = []
+    for agreement in Agreement.objects.filter(status=Agreement.Status.ACTIVE).only(
+        "pk", "effective_date", "term_months"
+    ):
+        if agreement.end_date <= now.date():
+            expired.append(agreement_expire(agreement=agreement, reason="reached its end date").reference)
+    unsigned = Agreement.objects.filter(
+        status__in=[Agreement.Status.OUT_FOR_SIGNATURE, Agreement.Status.PARTNER_SIGNED], signature_due_at__lte=now
+    )
+    for agreement in unsigned:
+        expired.append(agreement_expire(agreement=agreement, reason="was not signed in time").reference)
+    return expired
+
+
+@transaction.atomic
+def agreement_remind(*, agreement: Agreement) -> bool:
+    """Remind the signatories of an agreement still waiting for them; False when it no longer is."""
+    agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
+    if agreement.status != Agreement.Status.OUT_FOR_SIGNATURE:
+        return False
+    agreement.last_reminder_at = timezone.now()
+    agreement.reminders_sent += 1
+    agreement.save(update_fields=["last_reminder_at", "reminders_sent"])
+    audit_record(
+        actor=None,
+        action=events.AGREEMENT_REMINDER_SENT,
+        target=agreement,
+        data={"reminder": agreement.reminders_sent},
+    )
+    tasks.notify_signatories.delay_on_commit(agreement.pk, "reminder")
+    return True
+
+
+def agreements_remind_due(*, now: datetime | None = None) -> list[str]:
+    """Every N days after sending (AGREEMENT_REMINDER_DAYS), until signed or ended."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.AGREEMENT_REMINDER_DAYS)
+    reminded = []
+    for agreement in Agreement.objects.filter(status=Agreement.Status.OUT_FOR_SIGNATURE, sent_at__lte=cutoff):
+        last = agreement.last_reminder_at or agreement.sent_at
+        if last <= cutoff and agreement_remind(agreement=agreement):
+            reminded.append(agreement.reference)
+    return reminded
