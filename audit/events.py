@@ -33,6 +33,22 @@ AGREEMENT_SUPERSEDED = "agreement.superseded"
 AGREEMENT_SIGNING_REFUSED = "agreement.signing_refused"
 GRANT_CREATED = "grant.created"
 GRANT_REVOKED = "grant.revoked"
+CHECKPOINT_WEIGHTS_REGISTERED = "checkpoint.weights_registered"
+CHECKPOINT_EMBARGOED = "checkpoint.embargoed"
+CHECKPOINT_RESTORED = "checkpoint.restored"
+CHECKPOINT_WITHDRAWN = "checkpoint.withdrawn"
+ACCESS_REQUEST_CREATED = "access_request.created"
+ACCESS_REQUEST_WITHDRAWN = "access_request.withdrawn"
+ACCESS_REQUEST_APPROVED = "access_request.approved"
+ACCESS_REQUEST_REJECTED = "access_request.rejected"
+ACCESS_REFUSED = "access.refused"
+
+JOB_SUBMITTED = "job.submitted"
+JOB_STARTED = "job.started"
+JOB_SUCCEEDED = "job.succeeded"
+JOB_FAILED = "job.failed"
+JOB_CANCELLED = "job.cancelled"
+JOB_REQUEUED = "job.requeued"
 
 
 def all_actions() -> list[str]:

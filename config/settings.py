@@ -259,6 +259,31 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
+
+# --- Generation -----------------------------------------------------------
+def _queue_routes(name: str) -> dict[str, str]:
+    """INFERENCE_CHECKPOINT_QUEUES="gpt2-xl=gpu-big,gpt2-large=gpu-big" routes checkpoints to queues."""
+    routes = {}
+    for item in env_list(name, []):
+        slug, sep, queue = item.partition("=")
+        if not sep or not slug.strip() or not queue.strip():
+            raise ImproperlyConfigured(f"{name} entries look like slug=queue; got {item!r}.")
+        routes[slug.strip()] = queue.strip()
+    return routes
+
+
+INFERENCE_DEFAULT_QUEUE = env_str("INFERENCE_DEFAULT_QUEUE", "gpu")
+INFERENCE_CHECKPOINT_QUEUES = _queue_routes("INFERENCE_CHECKPOINT_QUEUES")
+INFERENCE_BATCH_MAX_JOBS = env_int("INFERENCE_BATCH_MAX_JOBS", 8, minimum=1, maximum=128)
+INFERENCE_BATCH_MAX_ROWS = env_int("INFERENCE_BATCH_MAX_ROWS", 32, minimum=1, maximum=1024)
+INFERENCE_MAX_ATTEMPTS = env_int("INFERENCE_MAX_ATTEMPTS", 3, minimum=1)
+INFERENCE_LEASE_SECONDS = env_int("INFERENCE_LEASE_SECONDS", 60, minimum=2)
+INFERENCE_REQUEUE_AFTER_SECONDS = env_int("INFERENCE_REQUEUE_AFTER_SECONDS", 300, minimum=5)
+INFERENCE_PROGRESS_INTERVAL = env_float("INFERENCE_PROGRESS_INTERVAL", 0.5, minimum=0.05)
+INFERENCE_MODEL_CACHE_MB = env_int("INFERENCE_MODEL_CACHE_MB", 8192, minimum=1)
+INFERENCE_DEVICE = env_str("INFERENCE_DEVICE", "")
+INFERENCE_SWEEP_SECONDS = env_float("INFERENCE_SWEEP_SECONDS", 30.0, minimum=1)
+
 # --- Logging --------------------------------------------------------------
 LOGGING = {
     "version": 1,
@@ -274,4 +299,5 @@ CELERY_BEAT_SCHEDULE = {
     "grants-revoke-expired": {"task": "models_registry.tasks.grants_revoke_expired", "schedule": 3600.0},
     "expire-agreements": {"task": "agreements.tasks.expire_agreements", "schedule": 3600.0},
     "remind-signatories": {"task": "agreements.tasks.remind_signatories", "schedule": 3600.0},
+    "sweep-jobs": {"task": "inference.tasks.sweep_jobs", "schedule": INFERENCE_SWEEP_SECONDS},
 }

@@ -1,5 +1,16 @@
+"""Celery tasks for generation. Thin: claim by id, call the engine, hand results to services."""
+
+from __future__ import annotations
+
+import logging
+import time
+
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 from django.utils import timezone
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, ignore_result=True)
@@ -10,3 +21,130 @@ def worker_heartbeat(self) -> str:
     hostname = self.request.hostname or "unknown"
     WorkerHeartbeat.objects.update_or_create(hostname=hostname, defaults={"last_seen": timezone.now()})
     return hostname
+
+
+@shared_task(bind=True, ignore_result=True, acks_late=True, reject_on_worker_lost=True)
+def run_job(self, job_id: int) -> list[int]:
+    """Claim a job (and compatible queued ones) and generate their samples as one batch.
+
+    Claim first: a redelivered message must not generate twice. If the worker dies mid-batch, the
+    message is redelivered (reject_on_worker_lost) or the sweeper re-queues the jobs once their lease
+    lapses; attempts are counted on the job rows, not in the broker.
+    """
+    from inference import services
+
+    worker = self.request.hostname or "worker"
+    jobs = services.job_claim_batch(job_id=job_id, worker=worker)
+    if not jobs:
+        return []
+    runnable = [job for job in jobs if services.job_recheck_access(job=job, worker=worker) is None]
+    if runnable:
+        _generate(runnable, worker)
+    return [job.pk for job in jobs]
+
+
+def _generate(jobs: list, worker: str, *, retrying: bool = False) -> None:
+    from inference import engine, services
+
+    checkpoint = jobs[0].checkpoint
+    by_key = {job.pk: job for job in jobs}
+    requests = [
+        engine.GenerationRequest(
+            key=job.pk,
+            prompt=job.prompt,
+            params=engine.SamplingParams(
+                max_new_tokens=job.max_new_tokens,
+                temperature=job.temperature,
+                top_k=job.top_k,
+                top_p=job.top_p,
+                num_samples=job.num_samples,
+                seed=job.seed,
+            ),
+        )
+        for job in jobs
+    ]
+    cancel_poll = _CancelPoll(list(by_key), worker)
+    device = engine.pick_device(settings.INFERENCE_DEVICE or None)
+    cache = engine.get_default_cache(settings.INFERENCE_MODEL_CACHE_MB * 1024 * 1024)
+    started = time.perf_counter()
+    try:
+        load_started = time.perf_counter()
+        cache.get(checkpoint.weights_path, device)
+        load_s = time.perf_counter() - load_started
+        results = engine.generate(
+            checkpoint.weights_path,
+            requests,
+            device=device,
+            cache=cache,
+            on_progress=cancel_poll.progress,
+            should_cancel=cancel_poll.cancelled,
+        )
+    except engine.GenerationOOM:
+        # Out of GPU memory: the engine freed what it could. Try once more with half the batch each;
+        # a job that still does not fit fails with a clear message and the worker keeps serving.
+        if len(jobs) > 1 and not retrying:
+            half = len(jobs) // 2
+            _generate(jobs[:half], worker, retrying=True)
+            _generate(jobs[half:], worker, retrying=True)
+            return
+        for job in jobs:
+            services.job_fail(
+                job=job,
+                worker=worker,
+                code="out_of_memory",
+                message="The GPU ran out of memory for this job; try fewer samples or fewer new tokens.",
+            )
+        return
+    except SoftTimeLimitExceeded:
+        for job in jobs:
+            services.job_fail(
+                job=job, worker=worker, code="time_limit", message="The job ran past the time limit and was stopped."
+            )
+        return
+    generate_s = time.perf_counter() - started - load_s
+    for result in results:
+        job = by_key[result.key]
+        services.job_complete(
+            job=job,
+            worker=worker,
+            samples=[(s.index, s.text, s.token_count) for s in result.samples],
+            prompt_tokens=result.prompt_tokens,
+            cancelled=result.cancelled,
+            device=device,
+            batch_size=len(jobs),
+            timings={
+                "queued_s": round((job.started_at - job.created_at).total_seconds(), 3),
+                "load_s": round(load_s, 3),
+                "generate_s": round(generate_s, 3),
+            },
+        )
+
+
+class _CancelPoll:
+    """Writes progress and reads cancellations at most every half second, not at every step."""
+
+    def __init__(self, job_ids: list[int], worker: str) -> None:
+        self.job_ids = job_ids
+        self.worker = worker
+        self.cancelled_ids: set[int] = set()
+        self.last_poll = time.monotonic()
+        self.tokens: dict[int, int] = {}
+
+    def progress(self, tokens: dict) -> None:
+        from inference import services
+
+        self.tokens = dict(tokens)
+        self.cancelled_ids = services.job_progress(job_ids=self.job_ids, tokens=self.tokens, worker=self.worker)
+        self.last_poll = time.monotonic()
+
+    def cancelled(self) -> set[int]:
+        if time.monotonic() - self.last_poll >= settings.INFERENCE_PROGRESS_INTERVAL:
+            self.progress(self.tokens)
+        return self.cancelled_ids
+
+
+@shared_task(ignore_result=True)
+def sweep_jobs() -> dict[str, list[int]]:
+    from inference.services import jobs_sweep
+
+    return jobs_sweep()

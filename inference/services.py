@@ -1,0 +1,446 @@
+"""Every write to generation jobs: submission and cancellation from people, claims and results from workers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from accounts.models import PARTNER_ROLES, User
+from accounts.permissions import require_role
+from audit import events
+from audit.services import audit_record
+from inference.models import GenerationJob, Sample
+from models_registry.models import AccessGrant, Checkpoint
+from models_registry.selectors import AccessDecision, access_check
+from models_registry.services import access_refusal_record
+
+LIMITS = {
+    "prompt_chars": 4000,
+    "max_new_tokens": (1, 512),
+    "num_samples": (1, 8),
+    "temperature": (0.0, 2.0),
+    "top_k": (0, 1000),
+    "seed": (0, 2**31 - 1),
+}
+
+
+class AccessRefused(Exception):
+    """The choke point said no; `decision` names what is missing."""
+
+    def __init__(self, decision: AccessDecision) -> None:
+        super().__init__(decision.message)
+        self.decision = decision
+
+
+class IdempotencyConflict(Exception):
+    """The same Idempotency-Key was used before with a different request."""
+
+    def __init__(self, job: GenerationJob) -> None:
+        super().__init__(
+            f"Idempotency-Key was already used for job #{job.pk} with different parameters; use a new key."
+        )
+        self.job = job
+
+
+@dataclass(frozen=True)
+class JobParams:
+    prompt: str
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    num_samples: int
+    seed: int | None
+
+    def fingerprint(self, checkpoint: Checkpoint) -> str:
+        payload = {"checkpoint": checkpoint.slug, **self.__dict__}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _in_range(errors: dict, name: str, value, low, high, what: str) -> None:
+    if value is None or not low <= value <= high:
+        errors[name] = f"{what} must be between {low:,} and {high:,}."
+
+
+def validate_params(params: JobParams, checkpoint: Checkpoint) -> int:
+    """Check every limit with a message per field; returns the prompt's token count."""
+    errors: dict[str, str] = {}
+    if len(params.prompt) > LIMITS["prompt_chars"]:
+        errors["prompt"] = f"The prompt is {len(params.prompt):,} characters; the limit is 4,000."
+    _in_range(errors, "max_new_tokens", params.max_new_tokens, *LIMITS["max_new_tokens"], "max_new_tokens")
+    _in_range(errors, "num_samples", params.num_samples, *LIMITS["num_samples"], "num_samples")
+    _in_range(errors, "temperature", params.temperature, *LIMITS["temperature"], "temperature")
+    _in_range(errors, "top_k", params.top_k, *LIMITS["top_k"], "top_k")
+    if params.top_p is None or not 0 < params.top_p <= 1:
+        errors["top_p"] = "top_p must be above 0 and at most 1."
+    if params.seed is not None:
+        _in_range(errors, "seed", params.seed, *LIMITS["seed"], "seed")
+    if errors:
+        raise ValidationError(errors)
+    if not checkpoint.has_weights:
+        raise ValidationError({"checkpoint": f"{checkpoint.slug} has no weights registered yet; ask the lab."})
+    from inference import engine
+
+    prompt_tokens = engine.count_prompt_tokens(checkpoint.weights_path, params.prompt)
+    context = checkpoint.context_length
+    if prompt_tokens + params.max_new_tokens > context:
+        raise ValidationError(
+            {
+                "max_new_tokens": (
+                    f"The prompt is {prompt_tokens:,} tokens; with {params.max_new_tokens:,} new tokens that exceeds "
+                    f"{checkpoint.slug}'s context of {context:,}. Shorten the prompt or ask for fewer tokens."
+                )
+            }
+        )
+    return prompt_tokens
+
+
+def job_submit(
+    *,
+    actor: User,
+    checkpoint: Checkpoint,
+    params: JobParams,
+    idempotency_key: str | None = None,
+) -> GenerationJob:
+    """Queue a job, if the organisation's agreement allows it now and the quota has room.
+
+    A refusal creates no job, is audited, and raises AccessRefused. With an Idempotency-Key the same
+    request returns the job it made the first time; a different request with that key is a conflict.
+    """
+    require_role(actor, *PARTNER_ROLES)
+    organization = actor.membership.organization
+    if idempotency_key is not None:
+        idempotency_key = idempotency_key.strip()
+        if not 1 <= len(idempotency_key) <= 255:
+            raise ValidationError({"idempotency_key": "An Idempotency-Key has 1 to 255 characters."})
+        previous = GenerationJob.objects.filter(organization=organization, idempotency_key=idempotency_key).first()
+        if previous is not None:
+            return _replay(previous, params, checkpoint)
+    prompt_tokens = validate_params(params, checkpoint)
+    try:
+        return _create_job(
+            actor=actor,
+            checkpoint=checkpoint,
+            params=params,
+            prompt_tokens=prompt_tokens,
+            idempotency_key=idempotency_key,
+        )
+    except AccessRefused as refused:
+        access_refusal_record(actor=actor, organization=organization, checkpoint=checkpoint, decision=refused.decision)
+        raise
+    except _DuplicateKey:
+        previous = GenerationJob.objects.get(organization=organization, idempotency_key=idempotency_key)
+        return _replay(previous, params, checkpoint)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _replay(previous: GenerationJob, params: JobParams, checkpoint: Checkpoint) -> GenerationJob:
+    if previous.request_fingerprint != params.fingerprint(checkpoint):
+        raise IdempotencyConflict(previous)
+    return previous
+
+
+@transaction.atomic
+def _create_job(
+    *, actor: User, checkpoint: Checkpoint, params: JobParams, prompt_tokens: int, idempotency_key: str | None
+) -> GenerationJob:
+    organization = actor.membership.organization
+    # Lock the organisation's grants on this checkpoint: two submissions at once must not both
+    # fit into the last of the quota.
+    list(AccessGrant.objects.select_for_update().filter(organization=organization, checkpoint=checkpoint))
+    if idempotency_key and GenerationJob.objects.filter(organization=organization, idempotency_key=idempotency_key):
+        raise _DuplicateKey
+    decision = access_check(
+        organization=organization, checkpoint=checkpoint, tokens=params.max_new_tokens * params.num_samples
+    )
+    if not decision.allowed:
+        raise AccessRefused(decision)
+    now = timezone.now()
+    job = GenerationJob.objects.create(
+        organization=organization,
+        requester=actor,
+        checkpoint=checkpoint,
+        grant=decision.grant,
+        prompt=params.prompt,
+        max_new_tokens=params.max_new_tokens,
+        temperature=params.temperature,
+        top_k=params.top_k,
+        top_p=params.top_p,
+        num_samples=params.num_samples,
+        seed=params.seed,
+        idempotency_key=idempotency_key,
+        request_fingerprint=params.fingerprint(checkpoint),
+        prompt_tokens=prompt_tokens,
+        last_enqueued_at=now,
+    )
+    audit_record(
+        actor=actor,
+        action=events.JOB_SUBMITTED,
+        target=job,
+        data={
+            "checkpoint": checkpoint.slug,
+            "agreement": decision.grant.agreement.reference,
+            "max_new_tokens": job.max_new_tokens,
+            "num_samples": job.num_samples,
+            "prompt_sha256": hashlib.sha256(job.prompt.encode()).hexdigest(),
+        },
+    )
+    enqueue_job(job)
+    return job
+
+
+def queue_for(checkpoint_slug: str) -> str:
+    """The broker queue a checkpoint's jobs go to (INFERENCE_CHECKPOINT_QUEUES), `gpu` by default."""
+    return settings.INFERENCE_CHECKPOINT_QUEUES.get(checkpoint_slug, settings.INFERENCE_DEFAULT_QUEUE)
+
+
+def enqueue_job(job: GenerationJob) -> None:
+    from inference.tasks import run_job
+
+    queue = queue_for(job.checkpoint.slug)
+    transaction.on_commit(lambda: run_job.apply_async(args=[job.pk], queue=queue))
+
+
+@transaction.atomic
+def job_cancel(*, actor: User, job: GenerationJob) -> GenerationJob:
+    """A queued job never starts; a running one stops within a few decoding steps, keeping its tokens."""
+    require_role(actor, *PARTNER_ROLES)
+    if job.organization_id != actor.membership.organization_id:
+        raise PermissionDenied("Only the job's own organisation can cancel it.")
+    job = GenerationJob.objects.select_for_update().get(pk=job.pk)
+    now = timezone.now()
+    if job.status == GenerationJob.Status.QUEUED:
+        job.status = GenerationJob.Status.CANCELLED
+        job.finished_at = now
+        job.cancel_requested_at = now
+        job.error_code = "cancelled"
+        job.error_message = f"Cancelled by {actor.email} before it started."
+        job.save(update_fields=["status", "finished_at", "cancel_requested_at", "error_code", "error_message"])
+    elif job.status == GenerationJob.Status.RUNNING:
+        if job.cancel_requested_at is None:
+            job.cancel_requested_at = now
+            job.save(update_fields=["cancel_requested_at"])
+    else:
+        raise ValidationError(f"Job #{job.pk} already {job.get_status_display().lower()}; there is nothing to cancel.")
+    audit_record(actor=actor, action=events.JOB_CANCELLED, target=job, data={"status": job.status})
+    return job
+
+
+# --- Worker side ---------------------------------------------------------------------------------------
+
+
+def lease_deadline() -> datetime:
+    return timezone.now() + timedelta(seconds=settings.INFERENCE_LEASE_SECONDS)
+
+
+def job_claim_batch(*, job_id: int, worker: str) -> list[GenerationJob]:
+    """Claim the job (queued, or running under a lapsed lease) and compatible queued ones for one batch.
+
+    Claiming is a conditional UPDATE, so a redelivered message or a second worker finds nothing to
+    claim and runs nothing twice. Returns [] when the job is not ours to run.
+    """
+    now = timezone.now()
+    claimable = Q(status=GenerationJob.Status.QUEUED) | Q(status=GenerationJob.Status.RUNNING, lease_expires_at__lt=now)
+    with transaction.atomic():
+        claimed = GenerationJob.objects.filter(
+            claimable, pk=job_id, attempts__lt=settings.INFERENCE_MAX_ATTEMPTS
+        ).update(
+            status=GenerationJob.Status.RUNNING,
+            worker=worker,
+            started_at=now,
+            lease_expires_at=lease_deadline(),
+            progress_tokens=0,
+            attempts=F("attempts") + 1,
+        )
+        if not claimed:
+            return []
+        lead = GenerationJob.objects.select_related("checkpoint").get(pk=job_id)
+        rows = lead.num_samples
+        others = []
+        candidates = (
+            GenerationJob.objects.select_for_update(skip_locked=True)
+            .filter(status=GenerationJob.Status.QUEUED, checkpoint_id=lead.checkpoint_id)
+            .exclude(pk=job_id)
+            .order_by("created_at", "pk")[: settings.INFERENCE_BATCH_MAX_JOBS - 1]
+        )
+        for candidate in candidates:
+            if rows + candidate.num_samples > settings.INFERENCE_BATCH_MAX_ROWS:
+                break
+            rows += candidate.num_samples
+            others.append(candidate.pk)
+        if others:
+            GenerationJob.objects.filter(pk__in=others, status=GenerationJob.Status.QUEUED).update(
+                status=GenerationJob.Status.RUNNING,
+                worker=worker,
+                started_at=now,
+                lease_expires_at=lease_deadline(),
+                progress_tokens=0,
+                attempts=F("attempts") + 1,
+            )
+        jobs = list(
+            GenerationJob.objects.select_related("checkpoint", "organization", "grant__agreement")
+            .filter(pk__in=[job_id, *others], status=GenerationJob.Status.RUNNING, worker=worker)
+            .order_by("created_at", "pk")
+        )
+        for job in jobs:
+            audit_record(
+                actor=None,
+                action=events.JOB_STARTED,
+                target=job,
+                organization=job.organization,
+                data={"worker": worker, "attempt": job.attempts, "batch": [j.pk for j in jobs]},
+            )
+    return jobs
+
+
+def job_progress(*, job_ids: list[int], tokens: dict[int, int], worker: str) -> set[int]:
+    """Record tokens so far and extend the lease; returns the jobs whose cancellation was requested."""
+    deadline = lease_deadline()
+    for job_id in job_ids:
+        GenerationJob.objects.filter(pk=job_id, status=GenerationJob.Status.RUNNING, worker=worker).update(
+            progress_tokens=tokens.get(job_id, 0), lease_expires_at=deadline
+        )
+    return set(
+        GenerationJob.objects.filter(pk__in=job_ids, cancel_requested_at__isnull=False).values_list("pk", flat=True)
+    )
+
+
+def job_recheck_access(*, job: GenerationJob, worker: str) -> AccessDecision | None:
+    """Re-ask the choke point right before generating; a refused job fails with the refusal's message.
+
+    The quota was reserved at submission, so only the job's own reservation is left out here.
+    """
+    decision = access_check(organization=job.organization, checkpoint=job.checkpoint, exclude_job_id=job.pk)
+    if decision.allowed or decision.code == "quota_exceeded":
+        return None
+    access_refusal_record(actor=None, organization=job.organization, checkpoint=job.checkpoint, decision=decision)
+    job_fail(job=job, worker=worker, code="access_denied", message=decision.message[:1].upper() + decision.message[1:])
+    return decision
+
+
+@transaction.atomic
+def job_complete(
+    *,
+    job: GenerationJob,
+    worker: str,
+    samples: list[tuple[int, str, int]],
+    prompt_tokens: int,
+    cancelled: bool,
+    device: str,
+    batch_size: int,
+    timings: dict[str, float],
+) -> bool:
+    """Store a job's samples, counts and timings in one transaction; False if the job is no longer ours."""
+    locked = GenerationJob.objects.select_for_update().filter(
+        pk=job.pk, status=GenerationJob.Status.RUNNING, worker=worker, attempts=job.attempts
+    )
+    row = locked.first()
+    if row is None:
+        return False  # the sweeper gave it to someone else; their result counts, not ours
+    Sample.objects.filter(job=row).delete()  # a previous attempt's partial rows never exist, but be sure
+    Sample.objects.bulk_create(
+        [
+            Sample(job=row, index=index, text=text, token_count=count, sha256=hashlib.sha256(text.encode()).hexdigest())
+            for index, text, count in samples
+        ]
+    )
+    row.tokens_generated = sum(count for _, _, count in samples)
+    row.progress_tokens = row.tokens_generated
+    row.prompt_tokens = prompt_tokens
+    row.status = GenerationJob.Status.CANCELLED if cancelled else GenerationJob.Status.SUCCEEDED
+    row.finished_at = timezone.now()
+    row.device = device
+    row.batch_size = batch_size
+    row.timings = timings
+    row.lease_expires_at = None
+    if cancelled:
+        row.error_code = "cancelled"
+        row.error_message = f"Cancelled while running; kept the {row.tokens_generated:,} tokens generated so far."
+    row.save()
+    audit_record(
+        actor=None,
+        action=events.JOB_CANCELLED if cancelled else events.JOB_SUCCEEDED,
+        target=row,
+        organization=row.organization,
+        data={
+            "tokens_generated": row.tokens_generated,
+            "samples": [hashlib.sha256(text.encode()).hexdigest() for _, text, _ in samples],
+            "weights_sha256": row.checkpoint.weights_sha256,
+            "device": device,
+            "worker": worker,
+        },
+    )
+    return True
+
+
+@transaction.atomic
+def job_fail(*, job: GenerationJob, worker: str | None, code: str, message: str) -> bool:
+    filters = {"pk": job.pk, "status__in": [GenerationJob.Status.RUNNING, GenerationJob.Status.QUEUED]}
+    if worker is not None:
+        filters["worker"] = worker
+    row = GenerationJob.objects.select_for_update().filter(**filters).first()
+    if row is None:
+        return False
+    row.status = GenerationJob.Status.FAILED
+    row.finished_at = timezone.now()
+    row.error_code = code
+    row.error_message = message
+    row.lease_expires_at = None
+    row.save(update_fields=["status", "finished_at", "error_code", "error_message", "lease_expires_at"])
+    audit_record(actor=None, action=events.JOB_FAILED, target=row, organization=row.organization, data={"code": code})
+    return True
+
+
+def jobs_sweep(*, now=None) -> dict[str, list[int]]:
+    """The database is the truth: recover jobs whose worker died and jobs whose message was lost."""
+    now = now or timezone.now()
+    requeued, failed, resent = [], [], []
+    lapsed = GenerationJob.objects.filter(status=GenerationJob.Status.RUNNING, lease_expires_at__lt=now)
+    for job in lapsed.select_related("checkpoint", "organization"):
+        with transaction.atomic():
+            row = GenerationJob.objects.select_for_update().filter(
+                pk=job.pk, status="running", lease_expires_at__lt=now
+            )
+            row = row.first()
+            if row is None:
+                continue
+            if row.attempts >= settings.INFERENCE_MAX_ATTEMPTS:
+                job_fail(
+                    job=row,
+                    worker=None,
+                    code="worker_lost",
+                    message=f"The worker stopped while running this job {row.attempts} times; giving up.",
+                )
+                failed.append(row.pk)
+                continue
+            row.status = GenerationJob.Status.QUEUED
+            row.worker = ""
+            row.lease_expires_at = None
+            row.last_enqueued_at = now
+            row.save(update_fields=["status", "worker", "lease_expires_at", "last_enqueued_at"])
+            audit_record(
+                actor=None, action=events.JOB_REQUEUED, target=row, organization=row.organization,
+                data={"attempts": row.attempts},
+            )  # fmt: skip
+            enqueue_job(row)
+            requeued.append(row.pk)
+    stale = now - timedelta(seconds=settings.INFERENCE_REQUEUE_AFTER_SECONDS)
+    for job in GenerationJob.objects.filter(status=GenerationJob.Status.QUEUED, last_enqueued_at__lt=stale):
+        with transaction.atomic():
+            if GenerationJob.objects.filter(pk=job.pk, status="queued", last_enqueued_at__lt=stale).update(
+                last_enqueued_at=now
+            ):
+                enqueue_job(job)
+                resent.append(job.pk)
+    return {"requeued": requeued, "failed": failed, "resent": resent}

@@ -1,0 +1,213 @@
+"""Submitting, cancelling and running jobs in-process (the real worker is tested in test_worker.py)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.utils import timezone
+
+from agreements import services as agreements
+from audit.models import AuditEvent
+from inference import engine, services, tasks
+from inference.models import GenerationJob
+from inference.services import AccessRefused, IdempotencyConflict, JobParams
+
+pytestmark = pytest.mark.django_db
+
+
+def params(**overrides) -> JobParams:
+    values = {
+        "prompt": "The partner shall label every sample",
+        "max_new_tokens": 8,
+        "temperature": 0.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "num_samples": 1,
+        "seed": None,
+    }
+    values.update(overrides)
+    return JobParams(**values)
+
+
+def submit(user, checkpoint, **overrides) -> GenerationJob:
+    return services.job_submit(actor=user, checkpoint=checkpoint, params=params(**overrides))
+
+
+def test_a_job_runs_and_its_samples_and_tokens_are_recorded(researcher_a, active, gpt2):
+    job = submit(researcher_a, gpt2, num_samples=2, seed=3, temperature=0.8)
+    assert job.status == GenerationJob.Status.QUEUED and job.grant.agreement == active
+    tasks.run_job.apply(args=[job.pk])
+    job.refresh_from_db()
+    assert job.status == GenerationJob.Status.SUCCEEDED, job.error_message
+    samples = list(job.samples.order_by("index"))
+    assert [s.index for s in samples] == [0, 1]
+    assert job.tokens_generated == sum(s.token_count for s in samples) > 0
+    assert job.device == "cpu" and job.attempts == 1 and job.timings["generate_s"] >= 0
+    actions = list(AuditEvent.objects.filter(target_id=str(job.pk), target_type="inference.generationjob")
+                   .order_by("seq").values_list("action", flat=True))  # fmt: skip
+    assert actions == ["job.submitted", "job.started", "job.succeeded"]
+
+
+def test_a_partner_without_an_agreement_is_refused_and_no_job_is_made(researcher_b, active, gpt2):
+    with pytest.raises(AccessRefused) as excinfo:
+        submit(researcher_b, gpt2)
+    assert excinfo.value.decision.code == "no_agreement"
+    assert "gpt2" in str(excinfo.value)
+    assert not GenerationJob.objects.exists()
+    refusal = AuditEvent.objects.order_by("-seq").first()
+    assert refusal.action == "access.refused" and refusal.actor == researcher_b
+
+
+def test_a_job_that_would_exceed_the_quota_is_refused_up_front(legal, researcher_a, active, gpt2):
+    grant = active.grants.get(checkpoint=gpt2)
+    grant.daily_token_quota = 20
+    grant.save()
+    submit(researcher_a, gpt2, max_new_tokens=8, num_samples=2)  # reserves 16
+    with pytest.raises(AccessRefused) as excinfo:
+        submit(researcher_a, gpt2, max_new_tokens=8)
+    assert excinfo.value.decision.code == "quota_exceeded"
+    assert "4 of the daily token quota of 20" in str(excinfo.value)
+    assert GenerationJob.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"max_new_tokens": 513}, "max_new_tokens"),
+        ({"num_samples": 9}, "num_samples"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_k": 1001}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"seed": -1}, "seed"),
+        ({"prompt": "x" * 4001}, "prompt"),
+    ],
+)
+def test_out_of_range_parameters_are_refused_per_field(researcher_a, active, gpt2, overrides, field):
+    with pytest.raises(ValidationError) as excinfo:
+        submit(researcher_a, gpt2, **overrides)
+    assert field in excinfo.value.error_dict
+    assert not GenerationJob.objects.exists()
+
+
+def test_prompt_plus_new_tokens_must_fit_the_context(researcher_a, active, gpt2):
+    # Characters the demo tokenizer never saw cost a token per byte.
+    long_prompt = "".join(chr(0x4E00 + n) for n in range(400))
+    with pytest.raises(ValidationError, match="exceeds gpt2's context of 1,024"):
+        submit(researcher_a, gpt2, prompt=long_prompt, max_new_tokens=512)
+
+
+def test_idempotency_key_returns_the_same_job_and_refuses_a_different_body(researcher_a, active, gpt2):
+    first = services.job_submit(actor=researcher_a, checkpoint=gpt2, params=params(), idempotency_key="k-1")
+    again = services.job_submit(actor=researcher_a, checkpoint=gpt2, params=params(), idempotency_key="k-1")
+    assert again.pk == first.pk
+    with pytest.raises(IdempotencyConflict):
+        services.job_submit(actor=researcher_a, checkpoint=gpt2, params=params(prompt="other"), idempotency_key="k-1")
+    assert GenerationJob.objects.count() == 1
+
+
+def test_a_cancelled_queued_job_never_starts(researcher_a, active, gpt2):
+    job = submit(researcher_a, gpt2)
+    services.job_cancel(actor=researcher_a, job=job)
+    tasks.run_job.apply(args=[job.pk])
+    job.refresh_from_db()
+    assert job.status == GenerationJob.Status.CANCELLED and job.attempts == 0 and not job.samples.exists()
+
+
+def test_partner_b_cannot_cancel_partner_as_job(researcher_a, researcher_b, active, gpt2):
+    job = submit(researcher_a, gpt2)
+    with pytest.raises(PermissionDenied):
+        services.job_cancel(actor=researcher_b, job=job)
+    job.refresh_from_db()
+    assert job.status == GenerationJob.Status.QUEUED
+
+
+def test_a_running_job_stops_within_a_few_steps_and_keeps_its_tokens(researcher_a, active, gpt2, monkeypatch, settings):
+    settings.INFERENCE_PROGRESS_INTERVAL = 0.05
+    job = submit(researcher_a, gpt2, max_new_tokens=400, temperature=1.0, seed=1)
+    steps = []
+
+    def cancel_after_five_steps(step: int) -> None:
+        steps.append(step)
+        if step == 5:
+            services.job_cancel(actor=researcher_a, job=GenerationJob.objects.get(pk=job.pk))
+
+    monkeypatch.setattr(engine, "_fault_injector", cancel_after_five_steps)
+    monkeypatch.setattr(engine.time, "monotonic", _fast_clock())
+    tasks.run_job.apply(args=[job.pk])
+    job.refresh_from_db()
+    assert job.status == GenerationJob.Status.CANCELLED
+    assert 0 < job.tokens_generated < 400 and len(steps) < 20
+    assert job.samples.count() == 1
+
+
+def _fast_clock():
+    """A monotonic clock that jumps a second per call, so every step is a progress/cancel poll."""
+    ticks = iter(range(10**9))
+    return lambda: float(next(ticks))
+
+
+def test_access_revoked_between_submit_and_start_fails_the_job(legal, researcher_a, active, gpt2):
+    job = submit(researcher_a, gpt2)
+    agreements.agreement_terminate(actor=legal, agreement=active, reason="Breach of the labelling clause.")
+    tasks.run_job.apply(args=[job.pk])
+    job.refresh_from_db()
+    assert job.status == GenerationJob.Status.FAILED and job.error_code == "access_denied"
+    assert "terminated" in job.error_message.lower()
+    assert not job.samples.exists() and job.tokens_generated == 0
+
+
+def test_compatible_queued_jobs_are_claimed_as_one_batch(researcher_a, active, gpt2, settings):
+    settings.INFERENCE_BATCH_MAX_JOBS = 3
+    jobs = [submit(researcher_a, gpt2, prompt=f"Prompt {n}") for n in range(5)]
+    claimed = services.job_claim_batch(job_id=jobs[0].pk, worker="w1")
+    assert [j.pk for j in claimed] == [j.pk for j in jobs[:3]]
+    assert services.job_claim_batch(job_id=jobs[1].pk, worker="w2") == []  # already claimed: nothing twice
+
+
+def test_out_of_memory_retries_with_half_the_batch_then_fails_clearly(researcher_a, active, gpt2, monkeypatch):
+    jobs = [submit(researcher_a, gpt2, prompt=f"Prompt {n}") for n in range(4)]
+    calls = []
+
+    def oom_for_big_batches(step: int) -> None:
+        calls.append(step)
+        raise engine.torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(engine, "_fault_injector", oom_for_big_batches)
+    tasks.run_job.apply(args=[jobs[0].pk])
+    for job in jobs:
+        job.refresh_from_db()
+        assert job.status == GenerationJob.Status.FAILED
+        assert job.error_code == "out_of_memory" and "ran out of memory" in job.error_message
+    assert len(calls) == 3  # the batch of 4, then each half once
+
+    monkeypatch.setattr(engine, "_fault_injector", None)  # the worker keeps serving
+    ok = submit(researcher_a, gpt2)
+    tasks.run_job.apply(args=[ok.pk])
+    ok.refresh_from_db()
+    assert ok.status == GenerationJob.Status.SUCCEEDED
+
+
+def test_the_sweeper_requeues_lapsed_jobs_then_gives_up_after_three_attempts(researcher_a, active, gpt2, settings):
+    settings.INFERENCE_LEASE_SECONDS = 10
+    job = submit(researcher_a, gpt2)
+    for attempt in (1, 2, 3):
+        assert [j.pk for j in services.job_claim_batch(job_id=job.pk, worker=f"dead-{attempt}")] == [job.pk]
+        with time_machine.travel(timezone.now() + timedelta(seconds=11 * attempt)):
+            swept = services.jobs_sweep()
+        job.refresh_from_db()
+        if attempt < 3:
+            assert swept["requeued"] == [job.pk] and job.status == GenerationJob.Status.QUEUED
+    assert swept["failed"] == [job.pk]
+    assert job.status == GenerationJob.Status.FAILED and job.error_code == "worker_lost"
+
+
+def test_queued_jobs_never_claimed_are_sent_again(researcher_a, active, gpt2, settings):
+    settings.INFERENCE_REQUEUE_AFTER_SECONDS = 60
+    job = submit(researcher_a, gpt2)
+    assert services.jobs_sweep()["resent"] == []
+    with time_machine.travel(timezone.now() + timedelta(seconds=61)):
+        assert services.jobs_sweep()["resent"] == [job.pk]
