@@ -32,6 +32,16 @@ def _clear_cache() -> None:
     cache.clear()
 
 
+@pytest.fixture
+def gpt2_stages(db) -> None:
+    """The four GPT-2 stages, which a data migration seeds; transactional tests flush them, so re-seed."""
+    import importlib
+
+    from django.apps import apps
+
+    importlib.import_module("models_registry.migrations.0002_gpt2_stages").add_stages(apps, None)
+
+
 def make_user(organization: Organization, email: str, role: str, full_name: str = "") -> User:
     return services.user_create(
         actor=None,

@@ -20,7 +20,7 @@ def published_version(legal) -> TemplateVersion:
 
 
 @pytest.fixture
-def small_checkpoints(db) -> list[Checkpoint]:
+def small_checkpoints(gpt2_stages) -> list[Checkpoint]:
     return list(Checkpoint.objects.filter(slug__in=["gpt2", "gpt2-medium"]).order_by("parameter_count"))
 
 

@@ -27,7 +27,7 @@ def demo_weights(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def demo_checkpoints(db, demo_weights) -> dict[str, Checkpoint]:
+def demo_checkpoints(gpt2_stages, demo_weights) -> dict[str, Checkpoint]:
     registered = {}
     for slug, folder in demo_weights.items():
         checkpoint = Checkpoint.objects.get(slug=slug)
