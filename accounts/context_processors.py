@@ -13,7 +13,15 @@ NAV_ITEMS: list[tuple[str, str, tuple[str, ...]]] = [
     ("Home", "home", tuple(Role.values)),
     ("Organisations", "organization_list", LAB_ROLES),
     ("My organisation", "my_organization", (Role.PARTNER_ADMIN, Role.SIGNATORY, Role.RESEARCHER)),
+    ("Templates", "template_list", (Role.LAB_ADMIN, Role.LEGAL)),
+    ("Agreements", "agreement_list", tuple(Role.values)),
+    ("Checkpoints", "checkpoint_list", tuple(Role.values)),
+    ("Jobs", "job_list", (Role.PARTNER_ADMIN, Role.SIGNATORY, Role.RESEARCHER)),
+    ("Access requests", "access_request_list", tuple(Role.values)),
     ("Audit log", "audit_event_list", LAB_ROLES),
+    ("Records", "records_home", LAB_ROLES),
+    ("Verify a record", "record_verify", tuple(Role.values)),
+    ("API tokens", "api_token_list", tuple(Role.values)),
 ]
 
 

@@ -16,6 +16,9 @@ from accounts import selectors, services
 from accounts.forms import AcceptInvitationForm, InvitationForm, OrganizationEditForm, OrganizationForm, RoleForm
 from accounts.models import Role
 from accounts.permissions import require_role, role_of
+from agreements.selectors import agreement_home
+from inference.selectors import job_home
+from models_registry.selectors import home_panels
 
 
 def apply_validation_error(form: Form, error: ValidationError) -> None:
@@ -33,6 +36,9 @@ def home(request: HttpRequest) -> HttpResponse:
     if role is None:
         return render(request, "home/no_role.html", status=403)
     context = {"organization": request.user.membership.organization}
+    context.update(home_panels(request.user))
+    context.update(agreement_home(user=request.user))
+    context.update(job_home(user=request.user))
     return render(request, f"home/{role}.html", context)
 
 

@@ -50,6 +50,17 @@ JOB_FAILED = "job.failed"
 JOB_CANCELLED = "job.cancelled"
 JOB_REQUEUED = "job.requeued"
 
+RECORD_KEY_GENERATED = "record.key_generated"
+RECORD_SEALED = "record.sealed"
+RECORD_SEAL_FAILED = "record.seal_failed"
+RECORD_EXPORT_REQUESTED = "record.export_requested"
+RECORD_EXPORTED = "record.exported"
+RECORD_EXPORT_FAILED = "record.export_failed"
+RECORD_DOWNLOADED = "record.downloaded"
+
+API_TOKEN_CREATED = "api_token.created"
+API_TOKEN_REVOKED = "api_token.revoked"
+
 
 def all_actions() -> list[str]:
     """Every action constant defined in this module, for filters and validation."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
@@ -79,6 +80,8 @@ class Command(BaseCommand):
                 for email, role, full_name in people:
                     self._user(organizations[org_name], email, role, full_name, password)
             self._agreements(organizations)
+        # Demo weights for the registry, so a one-machine run can generate without real GPT-2 weights.
+        call_command("checkpoint_demo", stdout=self.stdout)
         self._print_logins(password)
 
     def _organization(self, spec: dict) -> Organization:

@@ -1,0 +1,235 @@
+"""Partner API for the registry: checkpoints with this organisation's access, grants, access requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import django_filters
+from django.db.models import QuerySet
+from django.http import Http404
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.models import PARTNER_ROLES, User
+from accounts.permissions import role_of
+from agreements.models import Agreement
+from config.api import CreatedRangeFilterSet, RoleRequired
+from models_registry import selectors, services
+from models_registry.models import AccessGrant, AccessRequest, Checkpoint
+
+# --- Reads the API needs that selectors.py does not offer yet -------------------------------------
+
+
+def grant_list(*, user: User) -> QuerySet[AccessGrant]:
+    """Every grant, live or ended, newest first: partners their organisation's, lab staff all."""
+    role = role_of(user)
+    if role is None:
+        raise Http404
+    grants = AccessGrant.objects.select_related("organization", "checkpoint", "agreement")
+    if role in PARTNER_ROLES:
+        grants = grants.filter(organization_id=user.membership.organization_id)
+    return grants.order_by("-created_at", "-pk")
+
+
+# --- Serializers --------------------------------------------------------------------------------
+
+
+class AccessSerializer(serializers.Serializer):
+    """What the access choke point says about this organisation and checkpoint right now."""
+
+    allowed = serializers.BooleanField()
+    code = serializers.CharField(help_text="ok, quota_exceeded, no_agreement, not_yet_active, expired, revoked, ...")
+    message = serializers.CharField()
+    quota_left = serializers.IntegerField(allow_null=True, help_text="Tokens left today (UTC).")
+    until = serializers.DateTimeField(allow_null=True, help_text="When the grant in force ends.")
+    agreement = serializers.CharField(allow_null=True, help_text="The agreement that grants access.")
+    pending_request = serializers.IntegerField(allow_null=True, help_text="An access request awaiting review.")
+
+
+class CheckpointSerializer(serializers.Serializer):
+    slug = serializers.CharField()
+    display_name = serializers.CharField()
+    size_label = serializers.CharField()
+    parameter_count = serializers.IntegerField()
+    n_layer = serializers.IntegerField()
+    n_embd = serializers.IntegerField()
+    n_head = serializers.IntegerField()
+    context_length = serializers.IntegerField(help_text="Prompt tokens + max_new_tokens may not exceed this.")
+    released_on = serializers.DateField()
+    status = serializers.ChoiceField(choices=Checkpoint.Status.choices)
+    status_reason = serializers.CharField()
+    is_demo = serializers.BooleanField(help_text="Served from a tiny demo build, not the released weights.")
+    access = AccessSerializer(
+        allow_null=True, help_text="Your organisation's access now; null for lab staff (the lab grants, it does not use)."
+    )
+
+
+def _with_access(row: selectors.PartnerCheckpoint) -> Checkpoint:
+    """The checkpoint, carrying what the choke point said about it for the caller's organisation."""
+    decision, grant = row.decision, row.decision.grant
+    checkpoint = row.checkpoint
+    checkpoint.access = {
+        "allowed": decision.allowed,
+        "code": decision.code,
+        "message": decision.message,
+        "quota_left": decision.quota_left,
+        "until": grant.ends_at if row.usable else None,
+        "agreement": grant.agreement.reference if row.usable else None,
+        "pending_request": row.pending_request.pk if row.pending_request else None,
+    }
+    return checkpoint
+
+
+class GrantSerializer(serializers.ModelSerializer):
+    organization = serializers.CharField(source="organization.name")
+    checkpoint = serializers.CharField(source="checkpoint.slug")
+    agreement = serializers.CharField(source="agreement.reference")
+    live = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AccessGrant
+        fields = [
+            "id",
+            "organization",
+            "checkpoint",
+            "agreement",
+            "starts_at",
+            "ends_at",
+            "daily_token_quota",
+            "live",
+            "revoked_at",
+            "revoke_reason",
+            "created_at",
+        ]
+
+    def get_live(self, grant: AccessGrant) -> bool:
+        # The agreement's status is checked too: a terminated agreement's grant is not in force.
+        return grant.is_live(self.context["now"]) and grant.agreement.status == Agreement.Status.ACTIVE
+
+
+class AccessRequestSerializer(serializers.ModelSerializer):
+    organization = serializers.CharField(source="organization.name")
+    requester = serializers.EmailField(source="requester.email")
+    checkpoints = serializers.SlugRelatedField(slug_field="slug", many=True, read_only=True)
+    decided_by = serializers.EmailField(source="decided_by.email", allow_null=True, default=None)
+    amendment = serializers.CharField(source="amendment.reference", allow_null=True, default=None)
+
+    class Meta:
+        model = AccessRequest
+        fields = [
+            "id",
+            "organization",
+            "requester",
+            "checkpoints",
+            "purpose",
+            "status",
+            "created_at",
+            "decided_at",
+            "decided_by",
+            "decision_reason",
+            "amendment",
+        ]
+
+
+class AccessRequestCreateSerializer(serializers.Serializer):
+    checkpoints = serializers.ListField(
+        child=serializers.CharField(max_length=64), min_length=1, max_length=8, help_text="Checkpoint slugs."
+    )
+    purpose = serializers.CharField(max_length=4000, help_text="The research purpose, at least 20 characters.")
+
+    def validate_checkpoints(self, slugs: list[str]) -> list[Checkpoint]:
+        found = {c.slug: c for c in Checkpoint.objects.filter(slug__in=set(slugs))}
+        unknown = sorted(set(slugs) - set(found))
+        if unknown:
+            known = ", ".join(Checkpoint.objects.order_by("parameter_count").values_list("slug", flat=True))
+            raise serializers.ValidationError(f"No checkpoint called {', '.join(unknown)}; there are: {known}.")
+        return list(found.values())
+
+
+# --- Views --------------------------------------------------------------------------------------
+
+
+@extend_schema(tags=["checkpoints"])
+class CheckpointListApi(generics.ListAPIView):
+    """The GPT-2 checkpoints, smallest first, each with your organisation's access now."""
+
+    serializer_class = CheckpointSerializer
+    filter_backends: list[Any] = []
+
+    def get_queryset(self) -> list[Any]:
+        if role_of(self.request.user) in PARTNER_ROLES:
+            return [_with_access(row) for row in selectors.partner_checkpoint_overview(user=self.request.user)]
+        checkpoints = list(selectors.checkpoint_list(user=self.request.user))
+        for checkpoint in checkpoints:
+            checkpoint.access = None
+        return checkpoints
+
+
+class GrantFilter(CreatedRangeFilterSet):
+    checkpoint = django_filters.CharFilter(field_name="checkpoint__slug", max_length=64, label="Checkpoint slug")
+    live = django_filters.BooleanFilter(method="_live", label="Only grants in force now (true) or not (false)")
+
+    class Meta:
+        model = AccessGrant
+        fields = ["checkpoint", "live"]
+
+    def _live(self, queryset: QuerySet[AccessGrant], name: str, value: bool) -> QuerySet[AccessGrant]:
+        live = selectors.live_grants_q(timezone.now())
+        return queryset.filter(live) if value else queryset.exclude(live)
+
+
+@extend_schema(tags=["grants"])
+class GrantListApi(generics.ListAPIView):
+    """Access grants created by active agreements, with their term, quota and any revocation."""
+
+    serializer_class = GrantSerializer
+    filterset_class = GrantFilter
+    queryset = AccessGrant.objects.none()  # for the schema; requests use get_queryset
+
+    def get_queryset(self) -> QuerySet[AccessGrant]:
+        return grant_list(user=self.request.user)
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        return {**super().get_serializer_context(), "now": timezone.now()}
+
+
+class AccessRequestFilter(CreatedRangeFilterSet):
+    status = django_filters.ChoiceFilter(choices=AccessRequest.Status.choices)
+    checkpoint = django_filters.CharFilter(field_name="checkpoints__slug", max_length=64, label="Checkpoint slug")
+
+    class Meta:
+        model = AccessRequest
+        fields = ["status", "checkpoint"]
+
+
+@extend_schema(tags=["access requests"])
+class AccessRequestListCreateApi(generics.ListAPIView):
+    """Your organisation's access requests (lab staff: everyone's); partners ask for more access here."""
+
+    serializer_class = AccessRequestSerializer
+    filterset_class = AccessRequestFilter
+    queryset = AccessRequest.objects.none()  # for the schema; requests use get_queryset
+    permission_classes = [*generics.ListAPIView.permission_classes, RoleRequired.to("POST", *PARTNER_ROLES)]
+
+    def get_queryset(self) -> QuerySet[AccessRequest]:
+        return selectors.access_request_list(user=self.request.user)
+
+    @extend_schema(request=AccessRequestCreateSerializer, responses={201: AccessRequestSerializer})
+    def post(self, request: Request) -> Response:
+        """Ask for access to checkpoints for a stated purpose; legal reviews it."""
+        serializer = AccessRequestCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        access_request = services.access_request_create(actor=request.user, **serializer.validated_data)
+        access_request = selectors.access_request_get(user=request.user, pk=access_request.pk)
+        return Response(AccessRequestSerializer(access_request).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(tags=["access requests"])
+class AccessRequestDetailApi(generics.RetrieveAPIView):
+    serializer_class = AccessRequestSerializer
+
+    def get_object(self) -> AccessRequest:
+        return selectors.access_request_get(user=self.request.user, pk=self.kwargs["pk"])
