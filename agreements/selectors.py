@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 
@@ -39,8 +41,12 @@ def template_version_get(*, user: User, pk: int) -> TemplateVersion:
 
 
 def published_versions() -> QuerySet[TemplateVersion]:
-    """Versions new agreements may be made from (published, not retired)."""
-    return TemplateVersion.objects.filter(status=TemplateVersion.Status.PUBLISHED).select_related("template")
+    """Versions new agreements may be made from (published, not retired), newest first per template."""
+    return (
+        TemplateVersion.objects.filter(status=TemplateVersion.Status.PUBLISHED)
+        .select_related("template")
+        .order_by("template__name", "-number")
+    )
 
 
 def agreement_list(*, user: User, organization: Organization | None = None, status: str | None = None):
@@ -119,3 +125,40 @@ def agreement_render(agreement: Agreement) -> str:
         return agreement.document_html
     body = rendering.render_markdown(agreement.template_version.body, document_values(agreement))
     return f'<article class="agreement-document">{body}</article>'
+
+
+# render_markdown marks a placeholder whose value is blank as a highlighted "[name]".
+_MISSING_RE = re.compile(r'<span class="placeholder-missing">\[([^\]<]+)\]</span>')
+
+
+def missing_values(document_html: str) -> list[str]:
+    """Placeholders a rendered document shows as blank (an organisation without an address, say)."""
+    return sorted(set(_MISSING_RE.findall(document_html)))
+
+
+# --- Reads for the pages (views and home page) -------------------------------------------------------
+
+
+def grantable_checkpoints() -> QuerySet:
+    """The registry's checkpoints, smallest first; agreement_create refuses any not available now."""
+    from models_registry.models import Checkpoint
+
+    return Checkpoint.objects.order_by("parameter_count")
+
+
+def agreement_home(*, user: User) -> dict[str, object]:
+    """What a persona's home page shows about agreements: a few rows each, never a whole table."""
+    role = role_of(user)
+    if role in AGREEMENT_MANAGERS:
+        return {
+            "template_count": AgreementTemplate.objects.count(),
+            "awaiting_countersignature": list(agreements_awaiting_signature(user=user)[:5]),
+            "agreement_drafts": list(agreement_list(user=user, status=Agreement.Status.DRAFT)[:5]),
+            "out_for_signature_count": agreement_list(user=user, status=Agreement.Status.OUT_FOR_SIGNATURE).count(),
+        }
+    if role in PARTNER_ROLES:
+        return {
+            "agreements": list(agreement_list(user=user)[:5]),
+            "awaiting_signature": list(agreements_awaiting_signature(user=user)[:5]),
+        }
+    return {}

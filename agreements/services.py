@@ -10,11 +10,11 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from accounts.models import Organization, Role, User
+from accounts.models import PARTNER_ROLES, Organization, Role, User
 from accounts.permissions import require_role, role_of
 from agreements import rendering, tasks
 from agreements.models import Agreement, AgreementTemplate, InvalidTransition, Signature, TemplateVersion
-from agreements.selectors import AGREEMENT_MANAGERS, TEMPLATE_EDITORS, agreement_render
+from agreements.selectors import AGREEMENT_MANAGERS, TEMPLATE_EDITORS, agreement_render, missing_values
 from audit import events
 from audit.services import audit_record
 from models_registry.models import Checkpoint
@@ -297,6 +297,7 @@ def agreement_update(
 
 def agreement_amend(*, actor: User, agreement: Agreement, extra_checkpoints: list[Checkpoint] = ()) -> Agreement:
     """A draft amendment prefilled from an active agreement (legal then adjusts checkpoints, quota or term)."""
+    require_role(actor, *AGREEMENT_MANAGERS)
     version = _latest_published(agreement.template_version.template)
     checkpoints = list(agreement.checkpoints.filter(status=Checkpoint.Status.AVAILABLE))
     checkpoints += [c for c in extra_checkpoints if c not in checkpoints]
@@ -367,7 +368,14 @@ def agreement_send(*, actor: User, agreement: Agreement) -> Agreement:
     )
     if not agreement.organization.memberships.filter(role=Role.SIGNATORY, user__is_active=True).exists():
         raise ValidationError(f"{agreement.organization.name} has no active signatory yet; invite one before sending.")
-    agreement.document_html = agreement_render(agreement)
+    document_html = agreement_render(agreement)
+    blank = missing_values(document_html)
+    if blank:
+        raise ValidationError(
+            f"The document would be signed with blanks for {', '.join(blank)}. Fill them in (for an "
+            f"organisation's details, on its page) and send again."
+        )
+    agreement.document_html = document_html
     agreement.document_sha256 = rendering.sha256_text(agreement.document_html)
     now = timezone.now()
     agreement.sent_at = now
@@ -386,7 +394,7 @@ def agreement_send(*, actor: User, agreement: Agreement) -> Agreement:
 @transaction.atomic
 def agreement_mark_viewed(*, actor: User, agreement: Agreement) -> Agreement:
     """The first time someone at the partner opens the sent document (kept for the record)."""
-    if agreement.first_viewed_at or role_of(actor) != Role.SIGNATORY or not agreement.document_html:
+    if agreement.first_viewed_at or role_of(actor) not in PARTNER_ROLES or not agreement.document_html:
         return agreement
     agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
     if agreement.first_viewed_at is None:

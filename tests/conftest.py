@@ -63,7 +63,11 @@ def lab(db) -> Organization:
 @pytest.fixture
 def partner_a(db) -> Organization:
     return services.organization_create(
-        actor=None, name="Partner A", legal_name="Partner A Research Institute", jurisdiction="Delaware"
+        actor=None,
+        name="Partner A",
+        legal_name="Partner A Research Institute",
+        jurisdiction="Delaware",
+        address="200 University Avenue, Palo Alto, CA 94301",
     )
 
 

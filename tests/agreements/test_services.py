@@ -154,6 +154,15 @@ def test_sending_freezes_the_document_and_emails_the_signatories(
         )
 
 
+def test_a_document_with_blank_values_is_not_sent(legal, partner_a, draft):
+    partner_a.address = ""
+    partner_a.save()
+    with pytest.raises(ValidationError, match=r"blanks for organization\.address"):
+        services.agreement_send(actor=legal, agreement=draft)
+    draft.refresh_from_db()
+    assert draft.status == Agreement.Status.DRAFT and not draft.document_html
+
+
 def test_the_frozen_document_does_not_follow_later_changes(legal, partner_a, sent):
     frozen, digest = sent.document_html, sent.document_sha256
     partner_a.legal_name = "Renamed Institute"

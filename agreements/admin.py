@@ -1,0 +1,32 @@
+from django.contrib import admin
+
+from accounts.admin import ReadOnlyAdmin
+from agreements.models import Agreement, AgreementTemplate, Signature, TemplateVersion
+
+
+@admin.register(AgreementTemplate)
+class AgreementTemplateAdmin(ReadOnlyAdmin):
+    list_display = ("name", "created_at", "created_by")
+    search_fields = ("name",)
+
+
+@admin.register(TemplateVersion)
+class TemplateVersionAdmin(ReadOnlyAdmin):
+    list_display = ("template", "number", "status", "sha256", "published_at")
+    list_filter = ("status",)
+    list_select_related = ("template",)
+
+
+@admin.register(Agreement)
+class AgreementAdmin(ReadOnlyAdmin):
+    list_display = ("reference", "organization", "status", "effective_date", "term_months", "sent_at", "activated_at")
+    list_filter = ("status", "organization")
+    list_select_related = ("organization",)
+    search_fields = ("organization__name", "document_sha256")
+
+
+@admin.register(Signature)
+class SignatureAdmin(ReadOnlyAdmin):
+    list_display = ("agreement", "side", "full_name", "signer_email", "signed_at", "reauth_method")
+    list_filter = ("side",)
+    list_select_related = ("agreement",)

@@ -1,0 +1,211 @@
+"""Forms for the agreement pages: they parse what the browser sends; the services decide what is allowed.
+
+Fields the services validate themselves (names, ranges, dates in the past, reasons) are optional here
+so that the service's own message, which says what to change, is the one shown next to the field.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.db.models import QuerySet
+
+from agreements.models import Agreement, TemplateVersion
+from models_registry.models import Checkpoint
+
+
+def _normalise_newlines(text: str) -> str:
+    # Browsers send textarea lines as CRLF; store LF so a version's SHA-256 does not depend on the browser.
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+class MarkdownField(forms.CharField):
+    widget = forms.Textarea
+
+    def __init__(self, **kwargs: object) -> None:
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("strip", False)
+        super().__init__(**kwargs)
+
+    def to_python(self, value: object) -> str:
+        return _normalise_newlines(super().to_python(value))
+
+
+class TemplateCreateForm(forms.Form):
+    name = forms.CharField(max_length=200, required=False, help_text="e.g. “GPT-2 Model Sharing Agreement”.")
+    description = forms.CharField(
+        required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}), help_text="For lab staff only."
+    )
+    body = MarkdownField(label="Agreement text (Markdown)")
+
+
+class TemplateVersionForm(forms.Form):
+    body = MarkdownField(label="Agreement text (Markdown)")
+
+
+class DiffForm(forms.Form):
+    left = forms.ModelChoiceField(queryset=TemplateVersion.objects.none(), label="Older", empty_label=None)
+    right = forms.ModelChoiceField(queryset=TemplateVersion.objects.none(), label="Newer", empty_label=None)
+
+    def __init__(self, *args: object, versions: QuerySet[TemplateVersion], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ("left", "right"):
+            field = self.fields[name]
+            field.queryset = versions
+            field.label_from_instance = lambda v: f"{v.label} · {v.get_status_display()}"
+            field.error_messages["invalid_choice"] = "Choose one of this template's versions."
+
+
+class WholeNumberField(forms.IntegerField):
+    """An integer that may be typed with thousands separators: “50,000” or “50 000”."""
+
+    # A text box, not type=number: browsers refuse "50,000" in a number input without saying why.
+    widget = forms.TextInput(attrs={"inputmode": "numeric", "autocomplete": "off"})
+    default_error_messages = {"invalid": "Enter a whole number, like 50000."}
+
+    def to_python(self, value: object) -> int | None:
+        if isinstance(value, str):
+            value = value.replace(",", "").replace("_", "").replace(" ", "").replace("\u202f", "")
+        return super().to_python(value)
+
+
+class CheckpointChoiceField(forms.ModelMultipleChoiceField):
+    widget = forms.CheckboxSelectMultiple
+
+    def label_from_instance(self, checkpoint: Checkpoint) -> str:
+        return f"{checkpoint.display_name} · {checkpoint.size_label} parameters · {checkpoint.slug}"
+
+
+class AgreementForm(forms.Form):
+    organization = forms.ModelChoiceField(
+        queryset=None,
+        label="Organisation",
+        empty_label="Choose a partner…",
+        help_text="Only active partner organisations are listed.",
+    )
+    template_version = forms.ModelChoiceField(
+        queryset=None,
+        empty_label="Choose a published version…",
+        label="Template version",
+        error_messages={"invalid_choice": "Choose a published template version from the list."},
+    )
+    checkpoints = CheckpointChoiceField(
+        queryset=None,
+        required=False,
+        error_messages={
+            "invalid_choice": "Choose checkpoints from the list.",
+            "invalid_pk_value": "Choose checkpoints from the list.",
+        },
+        help_text="The checkpoints this agreement grants access to once it is active.",
+    )
+    effective_date = forms.DateField(
+        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+        error_messages={
+            "required": "Enter the date the agreement takes effect.",
+            "invalid": "Enter a date, like 2025-07-01.",
+        },
+    )
+    term_months = WholeNumberField(label="Term (months)", help_text="From 1 to 120.")
+    daily_token_quota = WholeNumberField(
+        label="Daily token quota", help_text="Tokens the partner may generate per day."
+    )
+    purpose = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4}),
+        label="Research purpose",
+        help_text="Appears in the agreement as the only purpose the licence is granted for.",
+    )
+    replaces_amended = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="When active, this amendment replaces the agreement it amends",
+        help_text="Untick to keep the original agreement active alongside this one.",
+    )
+
+    def __init__(
+        self,
+        *args: object,
+        organizations: QuerySet | None,
+        versions: QuerySet[TemplateVersion],
+        checkpoints: QuerySet[Checkpoint],
+        amendment: bool = False,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if organizations is None:
+            del self.fields["organization"]  # an agreement's organisation never changes
+        else:
+            self.fields["organization"].queryset = organizations
+            self.fields["organization"].error_messages["invalid_choice"] = (
+                "Choose a partner organisation from the list."
+            )
+        self.fields["template_version"].queryset = versions
+        self.fields["template_version"].label_from_instance = lambda v: f"{v.template.name} · {v.label}"
+        self.fields["checkpoints"].queryset = checkpoints
+        if not amendment:
+            del self.fields["replaces_amended"]
+
+    def service_kwargs(self) -> dict:
+        data = dict(self.cleaned_data)
+        data["checkpoints"] = list(data["checkpoints"])
+        return data
+
+    @staticmethod
+    def initial_for(agreement: Agreement) -> dict:
+        return {
+            "template_version": agreement.template_version_id,
+            "checkpoints": [c.pk for c in agreement.checkpoints.all()],
+            "effective_date": agreement.effective_date,
+            "term_months": agreement.term_months,
+            "daily_token_quota": agreement.daily_token_quota,
+            "purpose": agreement.purpose,
+            "replaces_amended": agreement.replaces_amended,
+        }
+
+
+class AgreementFilterForm(forms.Form):
+    organization = forms.ModelChoiceField(
+        queryset=None, required=False, label="Organisation", empty_label="All organisations"
+    )
+    status = forms.ChoiceField(required=False)
+
+    def __init__(self, *args: object, organizations: QuerySet | None, statuses: list, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        if organizations is None:
+            del self.fields["organization"]  # partners only ever see their own
+        else:
+            self.fields["organization"].queryset = organizations
+            self.fields["organization"].error_messages["invalid_choice"] = "Choose an organisation from the list."
+        self.fields["status"].choices = [("", "Any status"), *statuses]
+        self.fields["status"].error_messages["invalid_choice"] = "Choose a status from the list."
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 3}))
+
+    def __init__(self, *args: object, label: str = "Reason", help_text: str = "", **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["reason"].label = label
+        self.fields["reason"].help_text = help_text
+
+
+class SignForm(forms.Form):
+    consent = forms.BooleanField(
+        required=False, label="I have read the disclosure above and agree to sign electronically"
+    )
+    full_name = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Full name",
+        help_text="Typed as your signature.",
+        widget=forms.TextInput(attrs={"autocomplete": "name"}),
+    )
+    title = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Title",
+        help_text="Your position, e.g. Director of Research.",
+        widget=forms.TextInput(attrs={"autocomplete": "organization-title"}),
+    )
+    # Hidden fields have no place to show an error, so they accept anything; the service judges them.
+    document_sha256 = forms.CharField(required=False, widget=forms.HiddenInput)
+    time_zone = forms.CharField(required=False, widget=forms.HiddenInput)

@@ -1,0 +1,611 @@
+"""Pages for agreement templates, agreements and signing.
+
+Each view gets its objects through a selector (another organisation's agreement is 404, a role that
+may not act is 403), calls one service, and shows the service's ValidationError next to the field it
+names, or as a message when it names none.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlencode
+
+from allauth.account.adapter import get_adapter
+from allauth.account.internal.flows.login import get_authentication_records
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.dateformat import format as date_format
+from django.utils.safestring import mark_safe
+from django.views.decorators.http import require_POST
+
+from accounts.models import LAB_ROLES, PARTNER_ROLES, Organization, Role, User
+from accounts.permissions import require_role, role_of
+from accounts.selectors import organization_list
+from accounts.views import apply_validation_error
+from agreements import rendering, selectors, services
+from agreements.forms import (
+    AgreementFilterForm,
+    AgreementForm,
+    DiffForm,
+    ReasonForm,
+    SignForm,
+    TemplateCreateForm,
+    TemplateVersionForm,
+)
+from agreements.models import Agreement, AgreementTemplate, TemplateVersion
+from audit.middleware import client_ip
+
+DEFAULT_TEMPLATE_PATH = Path(__file__).resolve().parent / "default_template.md"
+
+
+@functools.cache
+def default_template_body() -> str:
+    return DEFAULT_TEMPLATE_PATH.read_text(encoding="utf-8")
+
+
+def _error_text(error: ValidationError) -> str:
+    return " ".join(error.messages)
+
+
+def _posted(request: HttpRequest) -> object:
+    """The submitted data on POST (even if empty, so a blank submission shows what is missing), else None."""
+    return request.POST if request.method == "POST" else None
+
+
+def _normalised(body: str | None) -> str:
+    return (body or "").replace("\r\n", "\n")
+
+
+def _can_edit_templates(user: User) -> bool:
+    return role_of(user) in selectors.TEMPLATE_EDITORS
+
+
+def _can_manage_agreements(user: User) -> bool:
+    return role_of(user) in selectors.AGREEMENT_MANAGERS
+
+
+# --- Templates --------------------------------------------------------------------------------------
+
+
+def _editor_context(body: str) -> dict[str, object]:
+    """The placeholder list and the first preview, so the page is complete before any keystroke."""
+    return {
+        "placeholders": list(rendering.PLACEHOLDERS.items()),
+        **_preview_context(body, editing=True),
+    }
+
+
+def _preview_context(body: str, *, editing: bool = False) -> dict[str, object]:
+    return {
+        "editing": editing,
+        # render_markdown returns sanitised HTML with every value escaped.
+        "preview_html": mark_safe(rendering.render_markdown(body, rendering.sample_values())),
+        "problems": rendering.check_template(body),
+    }
+
+
+@login_required
+def template_list(request: HttpRequest) -> HttpResponse:
+    templates = selectors.template_list(user=request.user)
+    context = {"templates": templates, "can_edit": _can_edit_templates(request.user)}
+    return render(request, "agreements/template_list.html", context)
+
+
+@login_required
+def template_create(request: HttpRequest) -> HttpResponse:
+    require_role(request.user, *selectors.TEMPLATE_EDITORS)
+    form = TemplateCreateForm(_posted(request), initial={"body": default_template_body()})
+    if request.method == "POST" and form.is_valid():
+        try:
+            version = services.template_create(actor=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            messages.success(request, f"{version.template.name} created with draft {version.label}.")
+            return redirect("template_version", pk=version.pk)
+    context = {"form": form, **_editor_context(_normalised(form["body"].value()))}
+    return render(request, "agreements/template_form.html", context, status=400 if form.errors else 200)
+
+
+@login_required
+def template_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    template = selectors.template_get(user=request.user, pk=pk)
+    versions = list(template.versions.select_related("created_by", "published_by").order_by("-number"))
+    draft = next((v for v in versions if v.is_draft), None)
+    context = {
+        "template": template,
+        "versions": versions,
+        "draft": draft,
+        "latest": versions[0] if versions else None,
+        "can_edit": _can_edit_templates(request.user),
+        "diff_form": _default_diff_form(template, versions),
+    }
+    return render(request, "agreements/template_detail.html", context)
+
+
+def _default_diff_form(template: AgreementTemplate, versions: list[TemplateVersion]) -> DiffForm | None:
+    if len(versions) < 2:
+        return None
+    initial = {"left": versions[1].pk, "right": versions[0].pk}
+    return DiffForm(initial=initial, versions=template.versions.order_by("-number"))
+
+
+@login_required
+def template_version_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """A draft opens in the editor (for editors); a published or retired version is read-only."""
+    version = selectors.template_version_get(user=request.user, pk=pk)
+    can_edit = _can_edit_templates(request.user)
+    editable = version.is_draft and can_edit
+    if request.method == "POST" and not editable:
+        require_role(request.user, *selectors.TEMPLATE_EDITORS)
+        messages.error(request, f"{version} is {version.get_status_display().lower()} and can no longer change.")
+        return redirect("template_version", pk=version.pk)
+    form = TemplateVersionForm(_posted(request), initial={"body": version.body}) if editable else None
+    if form is not None and request.method == "POST" and form.is_valid():
+        try:
+            services.template_version_save(actor=request.user, version=version, body=form.cleaned_data["body"])
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            messages.success(request, f"Draft {version.label} saved.")
+            return redirect("template_version", pk=version.pk)
+    body = _normalised(form["body"].value()) if form is not None else version.body
+    # Compare with the nearest other version, the older one on the left.
+    other = version.template.versions.exclude(pk=version.pk).order_by("-number").first()
+    compare = None
+    if other is not None:
+        left, right = (other, version) if other.number < version.number else (version, other)
+        compare = {"label": other.label, "query": urlencode({"left": left.pk, "right": right.pk})}
+    context = {
+        "version": version,
+        "template": version.template,
+        "form": form,
+        "can_edit": can_edit,
+        "compare": compare,
+        **(_editor_context(body) if editable else _preview_context(version.body)),
+    }
+    return render(request, "agreements/version_detail.html", context, status=400 if form and form.errors else 200)
+
+
+@login_required
+@require_POST
+def template_preview(request: HttpRequest) -> HttpResponse:
+    """The editor's live preview (htmx): the same renderer as the final document, with sample values."""
+    require_role(request.user, *selectors.TEMPLATE_EDITORS)
+    form = TemplateVersionForm(request.POST)
+    body = form.cleaned_data["body"] if form.is_valid() else ""
+    return render(request, "agreements/_preview.html", _preview_context(body, editing=True))
+
+
+@login_required
+@require_POST
+def template_version_publish(request: HttpRequest, pk: int) -> HttpResponse:
+    version = selectors.template_version_get(user=request.user, pk=pk)
+    try:
+        version = services.template_version_publish(actor=request.user, version=version)
+    except ValidationError as exc:
+        messages.error(request, _error_text(exc))
+    else:
+        messages.success(request, f"{version} published. Its text is now fixed; SHA-256 {version.sha256}.")
+    return redirect("template_version", pk=version.pk)
+
+
+@login_required
+@require_POST
+def template_version_retire(request: HttpRequest, pk: int) -> HttpResponse:
+    version = selectors.template_version_get(user=request.user, pk=pk)
+    try:
+        version = services.template_version_retire(actor=request.user, version=version)
+    except ValidationError as exc:
+        messages.error(request, _error_text(exc))
+    else:
+        messages.success(request, f"{version} retired: no new agreements can be made from it.")
+    return redirect("template_version", pk=version.pk)
+
+
+@login_required
+@require_POST
+def template_new_draft(request: HttpRequest, pk: int) -> HttpResponse:
+    template = selectors.template_get(user=request.user, pk=pk)
+    version = services.template_version_new_draft(actor=request.user, template=template)
+    messages.success(request, f"Draft {version.label} of {template.name} is open for editing.")
+    return redirect("template_version", pk=version.pk)
+
+
+@login_required
+def template_diff(request: HttpRequest, pk: int) -> HttpResponse:
+    template = selectors.template_get(user=request.user, pk=pk)
+    versions = template.versions.order_by("-number")
+    form = DiffForm(request.GET or None, versions=versions)
+    rows, left, right = [], None, None
+    if form.is_bound and form.is_valid():
+        left, right = form.cleaned_data["left"], form.cleaned_data["right"]
+        rows = [
+            {
+                "kind": row.kind,
+                "left_no": row.left_no,
+                "right_no": row.right_no,
+                # render_diff escapes each line before wrapping changes in <del>/<ins>.
+                "left_html": mark_safe(row.left_html),
+                "right_html": mark_safe(row.right_html),
+            }
+            for row in rendering.render_diff(left.body, right.body)
+        ]
+    elif not form.is_bound:
+        form = _default_diff_form(template, list(versions))
+    context = {
+        "template": template,
+        "form": form,
+        "rows": rows,
+        "left": left,
+        "right": right,
+        "changed": sum(1 for row in rows if row["kind"] != "equal"),
+    }
+    return render(request, "agreements/template_diff.html", context, status=400 if form and form.errors else 200)
+
+
+# --- Agreements -------------------------------------------------------------------------------------
+
+
+def _partner_organizations(user: User) -> QuerySet[Organization]:
+    return organization_list(user=user).filter(kind=Organization.Kind.PARTNER, active=True)
+
+
+def _agreement_form(request: HttpRequest, *, agreement: Agreement | None = None, **kwargs: object) -> AgreementForm:
+    return AgreementForm(
+        request.POST if request.method == "POST" else None,
+        organizations=None if agreement else _partner_organizations(request.user),
+        versions=selectors.published_versions().order_by("template__name", "-number"),
+        checkpoints=selectors.grantable_checkpoints(),
+        amendment=bool(agreement and agreement.amends_id),
+        **kwargs,
+    )
+
+
+@login_required
+def agreement_list(request: HttpRequest) -> HttpResponse:
+    role = role_of(request.user)
+    is_lab = role in LAB_ROLES
+    statuses = [c for c in Agreement.Status.choices if is_lab or c[0] != Agreement.Status.DRAFT]
+    form = AgreementFilterForm(
+        request.GET or None,
+        organizations=organization_list(user=request.user).filter(kind=Organization.Kind.PARTNER) if is_lab else None,
+        statuses=statuses,
+    )
+    filters = {}
+    if form.is_bound and form.is_valid():
+        filters = {"organization": form.cleaned_data.get("organization"), "status": form.cleaned_data["status"]}
+    agreements = selectors.agreement_list(user=request.user, **filters)
+    if form.errors:
+        agreements = agreements.none()
+    page = Paginator(agreements, 25).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "form": form,
+        "page": page,
+        "query": query.urlencode(),
+        "is_lab": is_lab,
+        "can_manage": role in selectors.AGREEMENT_MANAGERS,
+        "is_partner": role in PARTNER_ROLES,
+    }
+    return render(request, "agreements/agreement_list.html", context, status=400 if form.errors else 200)
+
+
+@login_required
+def agreement_create(request: HttpRequest) -> HttpResponse:
+    require_role(request.user, *selectors.AGREEMENT_MANAGERS)
+    initial = {"effective_date": timezone.now().date(), "term_months": 12, "daily_token_quota": 50_000}
+    versions = selectors.published_versions().order_by("template__name", "-number")
+    if len(versions) == 1:
+        initial["template_version"] = versions[0].pk
+    if str(request.GET.get("organization", "")).isdigit():
+        initial["organization"] = int(request.GET["organization"])
+    form = _agreement_form(request, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            agreement = services.agreement_create(actor=request.user, **form.service_kwargs())
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            messages.success(request, f"Draft {agreement.reference} created. Check the document below, then send it.")
+            return redirect("agreement_detail", pk=agreement.pk)
+    context = {"form": form, "title": "New agreement", "has_versions": bool(versions)}
+    return render(request, "agreements/agreement_form.html", context, status=400 if form.errors else 200)
+
+
+@login_required
+def agreement_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    agreement = selectors.agreement_get(user=request.user, pk=pk)
+    require_role(request.user, *selectors.AGREEMENT_MANAGERS)
+    if not agreement.is_editable:
+        messages.error(request, f"{agreement.reference} was sent and can no longer change; void it and draft again.")
+        return redirect("agreement_detail", pk=agreement.pk)
+    form = _agreement_form(request, agreement=agreement, initial=AgreementForm.initial_for(agreement))
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.agreement_update(actor=request.user, agreement=agreement, **form.service_kwargs())
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            messages.success(request, f"{agreement.reference} saved. Check the document below, then send it.")
+            return redirect("agreement_detail", pk=agreement.pk)
+    context = {"form": form, "agreement": agreement, "title": f"Edit {agreement.reference}", "has_versions": True}
+    return render(request, "agreements/agreement_form.html", context, status=400 if form.errors else 200)
+
+
+def _timeline(agreement: Agreement) -> list[tuple[str, datetime, str]]:
+    """(what happened, when, detail) in order; only the steps that have happened."""
+    entries = [("Drafted", agreement.created_at, f"by {agreement.created_by.get_full_name()}")]
+    if agreement.sent_at:
+        due = agreement.signature_due_at
+        due = f"to be signed by {date_format(due, 'j M Y')}" if due else ""
+        entries.append(("Sent for signature", agreement.sent_at, due))
+    if agreement.last_reminder_at:
+        entries.append(("Reminder sent", agreement.last_reminder_at, f"{agreement.reminders_sent} in all"))
+    if agreement.first_viewed_at:
+        entries.append(("First viewed by the partner", agreement.first_viewed_at, ""))
+    if agreement.partner_signed_at:
+        entries.append(("Signed by the partner", agreement.partner_signed_at, ""))
+    if agreement.activated_at:
+        entries.append(("Countersigned by the lab; active", agreement.activated_at, ""))
+    if agreement.ended_at:
+        entries.append((agreement.get_status_display(), agreement.ended_at, agreement.end_reason))
+    return sorted(entries, key=lambda entry: entry[1])
+
+
+def _render_detail(
+    request: HttpRequest,
+    agreement: Agreement,
+    *,
+    void_form: ReasonForm | None = None,
+    terminate_form: ReasonForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    role = role_of(request.user)
+    manager = role in selectors.AGREEMENT_MANAGERS
+    signatory = role == Role.SIGNATORY
+    document_html = selectors.agreement_render(agreement)
+    context = {
+        "agreement": agreement,
+        # Sanitised when rendered (and, once sent, frozen): exactly the HTML that is signed.
+        "document_html": mark_safe(document_html),
+        "missing_values": [] if agreement.document_html else selectors.missing_values(document_html),
+        "checkpoints": sorted(agreement.checkpoints.all(), key=lambda c: c.parameter_count),
+        "signatures": selectors.agreement_signatures(agreement),
+        "timeline": _timeline(agreement),
+        "amendments": selectors.agreement_list(user=request.user).filter(amends=agreement),
+        "can_manage": manager,
+        "is_lab": role in LAB_ROLES,
+        "can_edit": manager and agreement.is_editable,
+        "can_send": manager and agreement.can("send"),
+        "can_void": manager and agreement.can("void"),
+        "can_terminate": manager and agreement.can("terminate"),
+        "can_amend": manager and agreement.status == Agreement.Status.ACTIVE,
+        "can_countersign": manager and agreement.can("countersign"),
+        "can_sign": signatory and agreement.can("partner_sign"),
+        "void_form": void_form or _void_form(),
+        "terminate_form": terminate_form or _terminate_form(),
+    }
+    return render(request, "agreements/agreement_detail.html", context, status=status)
+
+
+def _void_form(data: object = None) -> ReasonForm:
+    return ReasonForm(data, prefix="void", label="Reason (optional)", help_text="Shown to the partner if it was sent.")
+
+
+def _terminate_form(data: object = None) -> ReasonForm:
+    return ReasonForm(data, prefix="terminate", label="Reason", help_text="Required; the partner sees it.")
+
+
+@login_required
+def agreement_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    agreement = selectors.agreement_get(user=request.user, pk=pk)
+    if role_of(request.user) in PARTNER_ROLES:
+        agreement = services.agreement_mark_viewed(actor=request.user, agreement=agreement)
+    return _render_detail(request, agreement)
+
+
+def _state_error_or_form(request: HttpRequest, agreement: Agreement, form: ReasonForm, exc: ValidationError) -> bool:
+    """Put a field error on the form (True); a refusal about the agreement's state becomes a message."""
+    if hasattr(exc, "error_dict"):
+        apply_validation_error(form, exc)
+        return True
+    messages.error(request, _error_text(exc))
+    return False
+
+
+@login_required
+@require_POST
+def agreement_send(request: HttpRequest, pk: int) -> HttpResponse:
+    agreement = selectors.agreement_get(user=request.user, pk=pk)
+    try:
+        agreement = services.agreement_send(actor=request.user, agreement=agreement)
+    except ValidationError as exc:
+        messages.error(request, f"{agreement.reference} was not sent. {_error_text(exc)}")
+    else:
+        messages.success(
+            request,
+            f"{agreement.reference} sent. {agreement.organization.name}'s signatories have been emailed a link.",
+        )
+    return redirect("agreement_detail", pk=agreement.pk)
+
+
+@login_required
+@require_POST
+def agreement_void(request: HttpRequest, pk: int) -> HttpResponse:
+    agreement = selectors.agreement_get(user=request.user, pk=pk)
+    form = _void_form(request.POST)
+    if form.is_valid():
+        try:
+            services.agreement_void(actor=request.user, agreement=agreement, reason=form.cleaned_data["reason"])
+        except ValidationError as exc:
+            if not _state_error_or_form(request, agreement, form, exc):
+                return redirect("agreement_detail", pk=agreement.pk)
+        else:
+            messages.success(request, f"{agreement.reference} voided; it can no longer be signed.")
+            return redirect("agreement_detail", pk=agreement.pk)
+    return _render_detail(request, agreement, void_form=form, status=400)
+
+
+@login_required
+@require_POST
+def agreement_terminate(request: HttpRequest, pk: int) -> HttpResponse:
+    agreement = selectors.agreement_get(user=request.user, pk=pk)
+    form = _terminate_form(request.POST)
+    if form.is_valid():
+        try:
+            services.agreement_terminate(actor=request.user, agreement=agreement, reason=form.cleaned_data["reason"])
+        except ValidationError as exc:
+            if not _state_error_or_form(request, agreement, form, exc):
+                return redirect("agreement_detail", pk=agreement.pk)
+        else:
+            messages.success(request, f"{agreement.reference} terminated; the access it granted has ended.")
+            return redirect("agreement_detail", pk=agreement.pk)
+    return _render_detail(request, agreement, terminate_form=form, status=400)
+
+
+@login_required
+@require_POST
+def agreement_amend(request: HttpRequest, pk: int) -> HttpResponse:
+    agreement = selectors.agreement_get(user=request.user, pk=pk)
+    try:
+        amendment = services.agreement_amend(actor=request.user, agreement=agreement)
+    except ValidationError as exc:
+        messages.error(request, f"No amendment was drafted. {_error_text(exc)}")
+        return redirect("agreement_detail", pk=agreement.pk)
+    messages.success(
+        request, f"Amendment {amendment.reference} drafted from {agreement.reference}. Change its terms, then send it."
+    )
+    return redirect("agreement_edit", pk=amendment.pk)
+
+
+# --- Signing ----------------------------------------------------------------------------------------
+
+
+def recent_authentication(request: HttpRequest) -> tuple[str | None, datetime | None]:
+    """How and when this session last proved who it is, if within the reauthentication window.
+
+    allauth records every password or authenticator-code check in the session, at sign-in and at
+    reauthentication alike; the latest one counts.
+    """
+    records = [r for r in get_authentication_records(request, request.user) if isinstance(r, dict) and "at" in r]
+    if not records:
+        return None, None
+    latest = max(records, key=lambda r: float(r["at"]))
+    at = datetime.fromtimestamp(float(latest["at"]), tz=UTC)
+    if timezone.now() - at > services.REAUTH_WINDOW:
+        return None, None
+    method = str(latest.get("method", ""))
+    if method == "mfa":
+        method = str(latest.get("type") or "mfa")  # "totp" or "recovery_codes"
+    return method or None, at
+
+
+def _reauthentication_links(request: HttpRequest) -> list[dict[str, str]]:
+    """The ways this user can confirm their identity (password, authenticator code), back to this page."""
+    query = urlencode({"next": request.get_full_path()})
+    methods = get_adapter(request).get_reauthentication_methods(request.user)
+    links = [{"label": str(m["description"]), "url": f"{m['url']}?{query}"} for m in methods]
+    return links or [{"label": "Use your password", "url": f"{reverse('account_reauthenticate')}?{query}"}]
+
+
+@login_required
+def agreement_sign(request: HttpRequest, pk: int) -> HttpResponse:
+    """Sign for the partner (signatory) or countersign for the lab (legal): the same page and checks."""
+    agreement = selectors.agreement_get(user=request.user, pk=pk)
+    role = role_of(request.user)
+    if role == Role.SIGNATORY:
+        step, side = "partner_sign", "partner"
+    elif role in selectors.AGREEMENT_MANAGERS:
+        step, side = "countersign", "lab"
+    else:
+        raise PermissionDenied("Only a partner signatory signs an agreement, and only legal countersigns it.")
+    if not agreement.can(step):
+        messages.info(
+            request,
+            f"{agreement.reference} is {agreement.get_status_display().lower()}; "
+            f"it is not waiting for your {'signature' if side == 'partner' else 'countersignature'}.",
+        )
+        return redirect("agreement_detail", pk=agreement.pk)
+    if side == "partner":
+        agreement = services.agreement_mark_viewed(actor=request.user, agreement=agreement)
+    reauth_method, reauth_at = recent_authentication(request)
+    initial = {"document_sha256": agreement.document_sha256, "full_name": request.user.full_name}
+    form = SignForm(_posted(request), initial=initial)
+    status = 200
+    if form.is_bound and any(name in form.errors for name in ("document_sha256", "time_zone")):
+        form.add_error(None, "This page was changed before it was sent. Reload it, read the document and sign again.")
+        status = 400
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            services.agreement_sign(
+                actor=request.user,
+                agreement=agreement,
+                full_name=data["full_name"],
+                title=data["title"],
+                consent=data["consent"],
+                shown_document_sha256=data["document_sha256"],
+                reauth_method=reauth_method,
+                reauth_at=reauth_at,
+                ip=client_ip(request),
+                user_agent=request.META.get("HTTP_USER_AGENT", ""),
+                time_zone=data["time_zone"].strip(),
+            )
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+            status = 400
+            # Nothing was saved. Show the current document and hash, so a retry signs what is on screen.
+            agreement.refresh_from_db()
+            form.data = form.data.copy()
+            form.data["document_sha256"] = agreement.document_sha256
+        else:
+            if side == "partner":
+                messages.success(request, f"You signed {agreement.reference}. The lab countersigns next.")
+            else:
+                messages.success(request, f"You countersigned {agreement.reference}. It is now active.")
+            return redirect("agreement_detail", pk=agreement.pk)
+    context = {
+        "agreement": agreement,
+        "side": side,
+        "document_html": mark_safe(agreement.document_html),  # frozen at send, sanitised when rendered
+        "consent_text": services.CONSENT_TEXT,
+        "consent_sha256": services.CONSENT_SHA256,
+        "form": form,
+        "reauth_method": reauth_method,
+        "reauth_expires": reauth_at + services.REAUTH_WINDOW if reauth_at else None,
+        "reauth_links": _reauthentication_links(request) if reauth_at is None else [],
+    }
+    return render(request, "agreements/agreement_sign.html", context, status=status)
+
+
+@login_required
+def agreement_decline(request: HttpRequest, pk: int) -> HttpResponse:
+    agreement = selectors.agreement_get(user=request.user, pk=pk)
+    require_role(request.user, Role.SIGNATORY)
+    if not agreement.can("decline"):
+        messages.info(
+            request, f"{agreement.reference} is {agreement.get_status_display().lower()}; it cannot be declined."
+        )
+        return redirect("agreement_detail", pk=agreement.pk)
+    form = ReasonForm(_posted(request), label="Why are you declining?", help_text="The lab sees this reason.")
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.agreement_decline(actor=request.user, agreement=agreement, reason=form.cleaned_data["reason"])
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            messages.success(request, f"You declined {agreement.reference}. The lab has been told why.")
+            return redirect("agreement_detail", pk=agreement.pk)
+    context = {"agreement": agreement, "form": form}
+    return render(request, "agreements/agreement_decline.html", context, status=400 if form.errors else 200)
