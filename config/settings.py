@@ -8,6 +8,7 @@ settings table. Every variable is parsed strictly by config.env.
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -62,6 +63,11 @@ INSTALLED_APPS = [
     "allauth.account",
     "allauth.mfa",
     "django_htmx",
+    "rest_framework",
+    "knox",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "accounts",
     "audit",
     "agreements",
@@ -174,6 +180,18 @@ INVITATION_TTL_DAYS = env_int("INVITATION_TTL_DAYS", 7, minimum=1)
 AGREEMENT_REMINDER_DAYS = env_int("AGREEMENT_REMINDER_DAYS", 3, minimum=1)
 AGREEMENT_SIGNATURE_DAYS = env_int("AGREEMENT_SIGNATURE_DAYS", 30, minimum=1)
 
+# --- Sealed records -------------------------------------------------------
+# The lab's sealing key and certificate (PEM). `manage.py records_keygen` makes a development pair
+# at the defaults; production points these at its own, and sealing refuses to run without them.
+RECORDS_DIR = VAR_DIR / "records"
+RECORDS_KEY_PATH = Path(env_str("RECORDS_KEY_PATH", str(RECORDS_DIR / "dev-seal-key.pem"))).resolve()
+RECORDS_CERT_PATH = Path(env_str("RECORDS_CERT_PATH", str(RECORDS_DIR / "dev-seal-cert.pem"))).resolve()
+# An RFC 3161 timestamp server: seals become PAdES B-T instead of B-B.
+RECORDS_TSA_URL = env_str("RECORDS_TSA_URL", "") or ""
+if RECORDS_TSA_URL:
+    env_url("RECORDS_TSA_URL", RECORDS_TSA_URL, schemes={"http", "https"})
+RECORDS_RENDER_TIMEOUT = env_float("RECORDS_RENDER_TIMEOUT", 120.0, minimum=1)
+
 # --- Email ----------------------------------------------------------------
 globals().update(parse_email_url("EMAIL_URL", env_str("EMAIL_URL", "console://") or "console://"))
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "ModelPact <no-reply@modelpact.localhost>")
@@ -236,12 +254,14 @@ if CELERY_TASK_TIME_LIMIT <= CELERY_TASK_SOFT_TIME_LIMIT:
     raise ImproperlyConfigured("CELERY_TASK_TIME_LIMIT must be above CELERY_TASK_SOFT_TIME_LIMIT.")
 if CELERY_BROKER_URL.startswith("filesystem"):
     _broker_dir = VAR_DIR / "broker"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        # Broadcast/exchange files; kombu's default is "control" under the current directory.
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
         # The default 1 s poll adds about a second to every task.
         "polling_interval": env_float("CELERY_BROKER_POLLING_INTERVAL", 0.05, minimum=0.01),
@@ -282,7 +302,65 @@ INFERENCE_REQUEUE_AFTER_SECONDS = env_int("INFERENCE_REQUEUE_AFTER_SECONDS", 300
 INFERENCE_PROGRESS_INTERVAL = env_float("INFERENCE_PROGRESS_INTERVAL", 0.5, minimum=0.05)
 INFERENCE_MODEL_CACHE_MB = env_int("INFERENCE_MODEL_CACHE_MB", 8192, minimum=1)
 INFERENCE_DEVICE = env_str("INFERENCE_DEVICE", "")
+# torch CPU threads per worker process; 0 keeps torch's default (one per core).
+INFERENCE_TORCH_THREADS = env_int("INFERENCE_TORCH_THREADS", 1, minimum=0, maximum=256)
 INFERENCE_SWEEP_SECONDS = env_float("INFERENCE_SWEEP_SECONDS", 30.0, minimum=1)
+
+# --- Partner REST API (/api/v1/) ------------------------------------------
+def _throttle_rate(name: str, default: str) -> str:
+    """DRF rates look like 600/min: a count, a slash, and s, min, hour or day (first letter counts)."""
+    rate = env_str(name, default) or default
+    count, _, period = rate.partition("/")
+    if not count.isdigit() or int(count) < 1 or period[:1] not in {"s", "m", "h", "d"}:
+        raise ImproperlyConfigured(f"{name} looks like 600/min (a count per s, min, hour or day); got {rate!r}.")
+    return rate
+
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "knox.auth.TokenAuthentication",  # first, so a missing token answers 401 with WWW-Authenticate
+        "rest_framework.authentication.SessionAuthentication",  # the browser; enforces CSRF
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "config.api.Pagination",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_THROTTLE_CLASSES": ["config.api.TokenRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"api": _throttle_rate("API_THROTTLE_RATE", "600/min")},
+    "EXCEPTION_HANDLER": "config.api.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "config.api_schema.ApiAutoSchema",
+    "DATETIME_FORMAT": "iso-8601",
+    "COERCE_DECIMAL_TO_STRING": False,
+}
+REST_KNOX = {
+    # Tokens are stored as SHA-512 digests (knox's default), shown once, and expire.
+    "TOKEN_TTL": timedelta(days=env_int("API_TOKEN_TTL_DAYS", 90, minimum=1, maximum=3650)),
+    "AUTH_HEADER_PREFIX": "Token",
+    "TOKEN_PREFIX": "mp_",  # recognisable in leaked logs and by secret scanners
+    "AUTO_REFRESH": False,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "ModelPact Partner API",
+    "DESCRIPTION": (
+        "Checkpoints, agreements, grants, access requests and generation jobs for partner organisations; "
+        "the audit log for the lab. Authenticate with `Authorization: Token <key>` (create keys on the "
+        "API tokens page). Errors always look like "
+        '`{"error": {"code": "...", "message": "...", "details": {...}}}`.'
+    ),
+    "VERSION": "1.0.0",
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",  # served from our static files: the docs work offline
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "inference.models.GenerationJob.Status",
+        "AgreementStatusEnum": "agreements.models.Agreement.Status",
+        "AccessRequestStatusEnum": "models_registry.models.AccessRequest.Status",
+        "CheckpointStatusEnum": "models_registry.models.Checkpoint.Status",
+    },
+}
 
 # --- Logging --------------------------------------------------------------
 LOGGING = {

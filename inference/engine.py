@@ -388,21 +388,35 @@ class _Sampler:
         self.temperature = torch.tensor(temperature, device=device)[:, None]
         self.top_k = torch.tensor([p.top_k for p in params], device=device)[:, None]
         self.top_p = torch.tensor([p.top_p for p in params], device=device)[:, None]
+        sampled = [row.params for row in rows if row.generator is not None]
+        # Sorting the whole vocabulary every step costs as much as a small model's forward pass:
+        # skip it when no sampled row filters, and look only at the top k when every row has a k.
+        self.no_filter = all(p.top_k == 0 and p.top_p >= 1 for p in sampled)
+        self.k_bound = max(p.top_k for p in sampled) if sampled and all(p.top_k > 0 for p in sampled) else 0
 
     def choose(self, logits: torch.Tensor, done: list[bool]) -> torch.Tensor:
         greedy_tokens = logits.argmax(dim=-1)
         if self.all_greedy:
             return greedy_tokens
         logits = logits / self.temperature
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        ranks = torch.arange(logits.shape[-1], device=logits.device)[None, :]
-        drop = (self.top_k > 0) & (ranks >= self.top_k)
-        sorted_probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
-        # Drop a token once the more likely ones already reach top_p; the most likely always stays.
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        drop |= (self.top_p < 1) & (mass_before >= self.top_p)
-        drop = torch.zeros_like(drop).scatter(-1, order, drop)  # back to vocabulary order
-        probs = logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
+        vocab = logits.shape[-1]
+        if self.no_filter:
+            probs = logits.softmax(dim=-1)
+        else:
+            if 0 < self.k_bound < vocab:
+                sorted_logits, order = logits.topk(self.k_bound, dim=-1)  # sorted, most likely first
+            else:
+                sorted_logits, order = logits.sort(dim=-1, descending=True)
+            ranks = torch.arange(sorted_logits.shape[-1], device=logits.device)[None, :]
+            drop = (self.top_k > 0) & (ranks >= self.top_k)
+            sorted_probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
+            # Drop a token once the more likely ones already reach top_p; the most likely always stays.
+            mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+            drop |= (self.top_p < 1) & (mass_before >= self.top_p)
+            # Back to vocabulary order; tokens outside the top k_bound are dropped outright.
+            outside = torch.full_like(logits, sorted_logits.shape[-1] < vocab, dtype=torch.bool)
+            drop = outside.scatter(-1, order, drop)
+            probs = logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
 
         # Inverse-CDF sampling in vocabulary order with one uniform draw per row and step: the
         # draw depends only on the row's own generator, and tiny numeric differences between

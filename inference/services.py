@@ -319,10 +319,10 @@ def job_progress(*, job_ids: list[int], tokens: dict[int, int], worker: str) -> 
 def job_recheck_access(*, job: GenerationJob, worker: str) -> AccessDecision | None:
     """Re-ask the choke point right before generating; a refused job fails with the refusal's message.
 
-    The quota was reserved at submission, so only the job's own reservation is left out here.
+    The quota was reserved at submission, so only the grant, its agreement and the checkpoint matter here.
     """
-    decision = access_check(organization=job.organization, checkpoint=job.checkpoint, exclude_job_id=job.pk)
-    if decision.allowed or decision.code == "quota_exceeded":
+    decision = access_check(organization=job.organization, checkpoint=job.checkpoint, check_quota=False)
+    if decision.allowed:
         return None
     access_refusal_record(actor=None, organization=job.organization, checkpoint=job.checkpoint, decision=decision)
     job_fail(job=job, worker=worker, code="access_denied", message=decision.message[:1].upper() + decision.message[1:])
@@ -342,13 +342,14 @@ def job_complete(
     timings: dict[str, float],
 ) -> bool:
     """Store a job's samples, counts and timings in one transaction; False if the job is no longer ours."""
-    locked = GenerationJob.objects.select_for_update().filter(
-        pk=job.pk, status=GenerationJob.Status.RUNNING, worker=worker, attempts=job.attempts
+    locked = (
+        GenerationJob.objects.select_for_update(of=("self",))
+        .select_related("organization", "checkpoint")
+        .filter(pk=job.pk, status=GenerationJob.Status.RUNNING, worker=worker, attempts=job.attempts)
     )
     row = locked.first()
     if row is None:
         return False  # the sweeper gave it to someone else; their result counts, not ours
-    Sample.objects.filter(job=row).delete()  # a previous attempt's partial rows never exist, but be sure
     Sample.objects.bulk_create(
         [
             Sample(job=row, index=index, text=text, token_count=count, sha256=hashlib.sha256(text.encode()).hexdigest())
@@ -367,7 +368,12 @@ def job_complete(
     if cancelled:
         row.error_code = "cancelled"
         row.error_message = f"Cancelled while running; kept the {row.tokens_generated:,} tokens generated so far."
-    row.save()
+    row.save(
+        update_fields=[
+            "tokens_generated", "progress_tokens", "prompt_tokens", "status", "finished_at", "device",
+            "batch_size", "timings", "lease_expires_at", "error_code", "error_message",
+        ]
+    )  # fmt: skip
     audit_record(
         actor=None,
         action=events.JOB_CANCELLED if cancelled else events.JOB_SUCCEEDED,

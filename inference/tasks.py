@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_init, worker_process_init
 from django.conf import settings
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
+
+
+@worker_init.connect
+@worker_process_init.connect
+def prepare_generation(**kwargs: object) -> None:
+    """Pin torch's CPU threads and import the engine when a worker starts, not in the first job.
+
+    On a shared CPU, torch's default of one thread per core made every decoding step many times
+    slower (bench/batching.py); importing torch and transformers takes seconds.
+    """
+    from inference import engine
+
+    if settings.INFERENCE_TORCH_THREADS:
+        engine.torch.set_num_threads(settings.INFERENCE_TORCH_THREADS)
+        # Settable once per process; a forked pool child inherits its parent's setting.
+        with contextlib.suppress(RuntimeError):
+            engine.torch.set_num_interop_threads(1)
 
 
 @shared_task(bind=True, ignore_result=True)

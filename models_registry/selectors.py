@@ -91,6 +91,7 @@ def access_check(
     tokens: int = 0,
     now: datetime | None = None,
     exclude_job_id: int | None = None,
+    check_quota: bool = True,
 ) -> AccessDecision:
     """May `organization` use `checkpoint` now for up to `tokens` more tokens?
 
@@ -116,6 +117,9 @@ def access_check(
         return _explain_no_grant(organization=organization, checkpoint=checkpoint, grants=grants, now=now)
     # Several live grants (an amendment that adds to, not replaces, an agreement): the most generous.
     grant = max(live, key=lambda g: (g.daily_token_quota, g.ends_at))
+    if not check_quota:
+        # The worker re-checks a job whose tokens were reserved at submission: only the grant matters.
+        return AccessDecision(allowed=True, grant=grant, code="ok", message=f"{slug} may be used", quota_left=None)
 
     used = tokens_used_today(organization=organization, checkpoint=checkpoint, now=now, exclude_job_id=exclude_job_id)
     quota = grant.daily_token_quota

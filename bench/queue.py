@@ -1,0 +1,450 @@
+"""Queue benchmark: submit -> succeeded through Redis and a warm Celery worker, against generate() alone.
+
+Self-contained: creates a PostgreSQL database (dropped at the end), migrates it, seeds the demo
+organisations, agreements and demo checkpoints into a temporary folder, flushes a Redis database,
+starts a real worker process (`celery -A config worker --pool solo`), warms it with one job, then
+runs N sequential 64-token jobs, polling the job row every 10 ms. Each queued job is paired with an
+in-process engine.generate() of the same input, in the same run, interleaved so that load from other
+processes hits both alike. Prints one JSON object: p50/p95 both ways, their ratio (target <= 1.2),
+the paired overhead's distribution (no 0.5 s or 2 s steps), a per-phase breakdown from the job
+rows' timestamps, and an in-process attribution (time and SQL queries per service call).
+
+    .venv/bin/python bench/queue.py [--jobs 30] [--checkpoint gpt2-medium] [--threads N]
+
+Environment (defaults in brackets): BENCH_PG_URL [postgres://postgres:postgres@127.0.0.1:5432],
+BENCH_DB_NAME [mp_bench_queue], BENCH_BROKER_URL [redis://127.0.0.1:6379/9; flushed first].
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+# Run as `python bench/queue.py`, sys.path[0] is bench/, and this file would shadow the stdlib
+# `queue` module that Celery, kombu and urllib3 import. Drop it before anything imports `queue`.
+sys.path[:] = [str(_ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != _ROOT / "bench"]
+
+import argparse  # noqa: E402
+import collections  # noqa: E402
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import secrets  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime  # noqa: E402
+
+from bench._common import emit, machine_info, quiet_transformers, stdout_to_stderr, summary  # noqa: E402
+
+TARGET_RATIO = 1.2
+POLL_S = 0.01
+PROMPT = "The Partner may use the checkpoint only for the purpose stated in the agreement, and"
+FINISHED = {"succeeded", "failed", "cancelled"}
+
+
+def _create_database(server: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _drop_database(server: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class _Timer:
+    """Wraps module functions: calls, seconds and SQL queries per name (nested calls count in both)."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, list[float]] = collections.defaultdict(list)
+        self.queries: dict[str, int] = collections.Counter()
+        self._active: list[str] = []
+        self._patches: list[tuple[object, str, object]] = []
+
+    def patch(self, owner: object, attr: str, label: str | None = None) -> None:
+        original = getattr(owner, attr)
+        label = label or attr
+
+        def wrapper(*args, **kwargs):
+            self._active.append(label)
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.stats[label].append(time.perf_counter() - started)
+                self._active.pop()
+
+        self._patches.append((owner, attr, original))
+        setattr(owner, attr, wrapper)
+
+    @contextlib.contextmanager
+    def span(self, label: str):
+        self._active.append(label)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stats[label].append(time.perf_counter() - started)
+            self._active.pop()
+
+    def sql(self, execute, sql, params, many, context):
+        for label in set(self._active):
+            self.queries[label] += 1
+        return execute(sql, params, many, context)
+
+    def restore(self) -> None:
+        for owner, attr, original in reversed(self._patches):
+            setattr(owner, attr, original)
+        self._patches.clear()
+
+    def report(self, jobs: int) -> dict:
+        return {
+            label: {
+                "calls_per_job": round(len(times) / jobs, 2),
+                "ms_per_job": round(sum(times) / jobs * 1000, 2),
+                "queries_per_job": round(self.queries[label] / jobs, 1),
+            }
+            for label, times in sorted(self.stats.items(), key=lambda kv: -sum(kv[1]))
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=30, help="measured jobs (after one warm-up job)")
+    parser.add_argument("--checkpoint", default="gpt2-medium", help="demo checkpoint slug Partner A may use")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads, here and in the worker")
+    parser.add_argument("--budget-s", type=float, default=110, help="stop measuring after this long (min 10 jobs)")
+    parser.add_argument("--pairs", type=int, default=6, help="back-to-back pairs for the idle-gap check")
+    parser.add_argument("--attribution-jobs", type=int, default=8, help="in-process jobs timed per service call")
+    parser.add_argument("--keep", action="store_true", help="keep the database and temp folder (debugging)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+
+    server = os.environ.get("BENCH_PG_URL", "postgres://postgres:postgres@127.0.0.1:5432").rstrip("/")
+    db_name = os.environ.get("BENCH_DB_NAME", "mp_bench_queue")
+    broker = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/9")
+    tmp = Path(tempfile.mkdtemp(prefix="mp-bench-queue-"))
+    env = {
+        "DATABASE_URL": f"{server}/{db_name}",
+        "CELERY_BROKER_URL": broker,
+        "MODELPACT_VAR_DIR": str(tmp / "var"),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+        "LOG_LEVEL": "WARNING",
+    }
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    os.environ.update(env)
+    worker: subprocess.Popen | None = None
+    worker_log = tmp / "worker.log"
+    out: dict = {"benchmark": "queue"}
+    phase = "setup"
+    try:
+        with stdout_to_stderr():
+            quiet_transformers()
+            import redis
+            import torch
+
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            _create_database(server, db_name)
+            redis.Redis.from_url(broker).flushdb()
+            t = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+                cwd=_ROOT, env={**os.environ}, check=True, stdout=sys.stderr,
+            )  # fmt: skip
+            migrate_s = time.perf_counter() - t
+
+            import django
+
+            django.setup()
+            from django.conf import settings
+            from django.core.management import call_command
+            from django.db import connection
+
+            # The demo logins need no production-strength password hashing to be benchmarked.
+            settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+            t = time.perf_counter()
+            call_command("seed_demo", stdout=sys.stderr)
+            seed_s = time.perf_counter() - t
+            redis.Redis.from_url(broker).flushdb()  # seeding queued notification emails; not ours to time
+
+            from accounts.models import User
+            from config.celery import app
+            from inference import engine, services, tasks
+            from inference.models import GenerationJob
+            from models_registry.models import Checkpoint
+
+            app.conf.task_always_eager = False
+            researcher = User.objects.get(email="researcher@partner-a.example")
+            checkpoint = Checkpoint.objects.get(slug=args.checkpoint)
+            params = services.JobParams(
+                prompt=PROMPT, max_new_tokens=args.new_tokens, temperature=0.0,
+                top_k=0, top_p=1.0, num_samples=1, seed=None,
+            )  # fmt: skip
+            request = engine.GenerationRequest(
+                key="bench", prompt=PROMPT, params=engine.SamplingParams(max_new_tokens=args.new_tokens, temperature=0)
+            )
+            direct_cache = engine.ModelCache()
+
+            phase = "worker"
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "config", "worker", "--queues", "default,gpu",
+                 "--pool", "solo", "--hostname", "bench@%h", "--loglevel", "WARNING"],
+                cwd=_ROOT, env={**os.environ}, stdout=worker_log.open("w"), stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+            publish_times: list[float] = []
+            original_apply_async = tasks.run_job.apply_async
+
+            def timed_apply_async(*a, **kw):
+                t0 = time.perf_counter()
+                try:
+                    return original_apply_async(*a, **kw)
+                finally:
+                    publish_times.append(time.perf_counter() - t0)
+
+            tasks.run_job.apply_async = timed_apply_async
+
+            def submit_and_wait(timeout: float) -> dict:
+                t0_wall = time.time()
+                t0 = time.perf_counter()
+                job = services.job_submit(actor=researcher, checkpoint=checkpoint, params=params)
+                t1 = time.perf_counter()
+                polls = 0
+                while True:
+                    row = GenerationJob.objects.filter(pk=job.pk).values(
+                        "status", "created_at", "started_at", "finished_at", "timings", "error_message"
+                    )[0]
+                    polls += 1
+                    if row["status"] in FINISHED:
+                        break
+                    if time.perf_counter() - t0 > timeout:
+                        raise RuntimeError(f"job {job.pk} still {row['status']} after {timeout} s; see {worker_log}")
+                    time.sleep(POLL_S)
+                t2 = time.perf_counter()
+                if row["status"] != "succeeded":
+                    raise RuntimeError(f"job {job.pk} {row['status']}: {row['error_message']}")
+
+                def rel(value: datetime) -> float:
+                    return value.timestamp() - t0_wall
+
+                timings = row["timings"]
+                run_s = (row["finished_at"] - row["started_at"]).total_seconds()
+                return {
+                    "e2e_s": t2 - t0,
+                    "submit_s": t1 - t0,
+                    "dispatch_s": rel(row["started_at"]) - (t1 - t0),  # submit returned -> claimed
+                    "run_s": run_s,
+                    "generate_s": timings.get("generate_s", 0.0),
+                    "load_s": timings.get("load_s", 0.0),
+                    "run_other_s": run_s - timings.get("generate_s", 0.0) - timings.get("load_s", 0.0),
+                    "observe_s": (t2 - t0) - rel(row["finished_at"]),  # finished_at -> seen by the poller
+                    "polls": polls,
+                }
+
+            def direct() -> float:
+                t0 = time.perf_counter()
+                engine.generate(checkpoint.weights_path, [request], device="cpu", cache=direct_cache)
+                return time.perf_counter() - t0
+
+            t = time.perf_counter()
+            warm = submit_and_wait(timeout=180)  # includes the worker's start-up and model load
+            worker_ready_s = time.perf_counter() - t
+            direct()  # load and warm the in-process model too
+            publish_times.clear()
+
+            phase = "measure"
+            rows: list[dict] = []
+            baseline: list[float] = []
+            measure_started = time.perf_counter()
+            for n in range(args.jobs):
+                # Alternate which goes first, so neither always follows the other.
+                if n % 2:
+                    baseline.append(direct())
+                    rows.append(submit_and_wait(timeout=120))
+                else:
+                    rows.append(submit_and_wait(timeout=120))
+                    baseline.append(direct())
+                if n + 1 >= 10 and time.perf_counter() - measure_started > args.budget_s:
+                    break
+            tasks.run_job.apply_async = original_apply_async
+
+            # Back to back: B is submitted while A runs, so B's message waits in Redis while the worker
+            # holds A unacknowledged (acks_late, prefetch 1). The gap from A's finish to B's claim is the
+            # broker idle gap the DESIGN warns about (a 1 s BRPOP timeout, a 0.5 s poll) if there is one.
+            phase = "back_to_back"
+            gaps: list[float] = []
+            overlapped = 0
+            for _ in range(args.pairs):
+                first = services.job_submit(actor=researcher, checkpoint=checkpoint, params=params)
+                deadline = time.perf_counter() + 60
+                while GenerationJob.objects.filter(pk=first.pk, status="queued").exists():
+                    if time.perf_counter() > deadline:
+                        raise RuntimeError(f"job {first.pk} never started; see {worker_log}")
+                    time.sleep(0.002)
+                second = services.job_submit(actor=researcher, checkpoint=checkpoint, params=params)
+                while GenerationJob.objects.filter(pk__in=[first.pk, second.pk]).exclude(status__in=FINISHED).exists():
+                    if time.perf_counter() > deadline:
+                        raise RuntimeError(f"jobs {first.pk}, {second.pk} did not finish; see {worker_log}")
+                    time.sleep(POLL_S)
+                a = GenerationJob.objects.get(pk=first.pk)
+                b = GenerationJob.objects.get(pk=second.pk)
+                if b.created_at < a.finished_at and b.batch_size == 1:  # B really waited behind A
+                    overlapped += 1
+                    gaps.append((b.started_at - a.finished_at).total_seconds())
+
+            # Where the time goes, per service call, run in this process with the same code the worker
+            # runs (inference.tasks.run_job), the broker left out: the job is only in the database.
+            phase = "attribution"
+            real_enqueue = services.enqueue_job
+            # One uncounted job first: this process loads its own copy of the model on the first run.
+            services.enqueue_job = _no_enqueue(real_enqueue)
+            tasks.run_job.run(services.job_submit(actor=researcher, checkpoint=checkpoint, params=params).pk)
+            services.enqueue_job = real_enqueue
+            timer = _Timer()
+            timer.patch(services, "job_submit", "submit: job_submit (total)")
+            timer.patch(services, "validate_params", "submit: validate_params")
+            timer.patch(services, "_create_job", "submit: _create_job (tx)")
+            timer.patch(services, "access_check", "access_check")
+            timer.patch(services, "audit_record", "audit_record")
+            timer.patch(services, "job_claim_batch", "worker: job_claim_batch")
+            timer.patch(services, "job_recheck_access", "worker: job_recheck_access")
+            timer.patch(services, "job_progress", "worker: job_progress")
+            timer.patch(services, "job_complete", "worker: job_complete")
+            timer.patch(engine, "generate", "worker: engine.generate")
+            timer.patch(tasks, "_generate", "worker: tasks._generate (total)")
+            services_enqueue = services.enqueue_job
+            attributed = 0
+            with connection.execute_wrapper(timer.sql):
+                for _ in range(args.attribution_jobs):
+                    # No broker message: the idle worker never sees these jobs.
+                    services.enqueue_job = _no_enqueue(services_enqueue)
+                    job = services.job_submit(actor=researcher, checkpoint=checkpoint, params=params)
+                    services.enqueue_job = services_enqueue
+                    with timer.span("worker: run_job (total)"):
+                        tasks.run_job.run(job.pk)
+                    attributed += 1
+            timer.restore()
+            services.enqueue_job = services_enqueue
+            attribution = timer.report(attributed)
+
+        e2e = [r["e2e_s"] for r in rows]
+        overhead = [r["e2e_s"] - b for r, b in zip(rows, baseline, strict=True)]
+        e2e_p50, e2e_p95 = summary(e2e)["p50"], summary(e2e)["p95"]
+        base = summary(baseline)
+        ratio_p50 = e2e_p50 / base["p50"]
+        ratio_p95 = e2e_p95 / base["p95"]
+        # The queue's own cost: everything but the worker's generate() and model fetch. A 0.5 s or 2 s
+        # step (result polling, broker idle gap) shows here, free of generate()'s run-to-run noise.
+        fixed = [r["e2e_s"] - r["generate_s"] - r["load_s"] for r in rows]
+        steps = {
+            "queue_overhead_over_0.4s": sum(1 for x in fixed if x > 0.4),
+            "queue_overhead_over_1.5s": sum(1 for x in fixed if x > 1.5),
+        }
+        buckets = collections.Counter(int(x * 1000) // 25 * 25 for x in fixed)
+        histogram = {f"{low}-{low + 25}ms": count for low, count in sorted(buckets.items())}
+        out.update(
+            {
+                "checkpoint": args.checkpoint,
+                "new_tokens": args.new_tokens,
+                "jobs_measured": len(rows),
+                "poll_interval_s": POLL_S,
+                "queue_e2e_s": summary(e2e),
+                "generate_alone_s": base,
+                "ratio_p50": round(ratio_p50, 3),
+                "ratio_p95": round(ratio_p95, 3),
+                "target": f"p50 and p95 ratio <= {TARGET_RATIO}; no 0.5 s or 2 s steps in the overhead",
+                "overhead_vs_alone_s": {
+                    **summary(overhead),
+                    "spread_max_minus_min": round(max(overhead) - min(overhead), 4),
+                    "note": "paired e2e minus generate() alone; includes generate()'s own run-to-run noise",
+                },
+                "queue_overhead_s": {
+                    **summary(fixed),
+                    "spread_max_minus_min": round(max(fixed) - min(fixed), 4),
+                    "histogram_25ms": histogram,
+                    "note": "e2e minus the worker's own generate_s and load_s: submit, broker, claim, writes, poll",
+                },
+                "worker_generate_vs_alone_p50": round(summary([r["generate_s"] for r in rows])["p50"] / base["p50"], 3),
+                "steps": steps,
+                "pass": ratio_p50 <= TARGET_RATIO
+                and ratio_p95 <= TARGET_RATIO
+                and steps["queue_overhead_over_0.4s"] == 0,
+                "phases_s": {
+                    key: summary([r[key] for r in rows])
+                    for key in ("submit_s", "dispatch_s", "run_s", "generate_s", "run_other_s", "observe_s")
+                },
+                "back_to_back_gap_s": {
+                    **(summary(gaps) if gaps else {}),
+                    "pairs": args.pairs,
+                    "overlapped": overlapped,
+                    "note": "B submitted while A runs: B.started_at - A.finished_at (worker idle gap)",
+                },
+                "broker_publish_s": summary(publish_times) if publish_times else None,
+                "polls_per_job_p50": summary([r["polls"] for r in rows])["p50"],
+                "attribution_in_process": {"jobs": attributed, "per_call": attribution},
+                "setup_s": {
+                    "migrate": round(migrate_s, 1),
+                    "seed_demo": round(seed_s, 1),
+                    "worker_start_and_first_job": round(worker_ready_s, 1),
+                },
+                "warm_job": {k: round(v, 3) for k, v in warm.items()},
+            }
+        )
+    except Exception as exc:  # report, then clean up; a benchmark that dies silently helps no one
+        import traceback
+
+        traceback.print_exc()
+        out.update({"error": f"{type(exc).__name__}: {exc}", "phase": phase, "pass": False})
+        if worker_log.exists():
+            out["worker_log_tail"] = worker_log.read_text(errors="replace")[-2000:]
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(timeout=10)
+        with contextlib.suppress(Exception):
+            from django.db import connections
+
+            connections.close_all()
+        if not args.keep:
+            with contextlib.suppress(Exception):
+                _drop_database(server, db_name)
+            with contextlib.suppress(Exception):
+                import redis
+
+                redis.Redis.from_url(broker).flushdb()
+            shutil.rmtree(tmp, ignore_errors=True)
+    machine = machine_info("cpu")
+    machine["worker_torch_threads"] = args.threads or "torch default"
+    out["machine"] = machine
+    out["elapsed_s"] = round(time.perf_counter() - started, 1)
+    emit(out)
+
+
+def _no_enqueue(original):
+    def enqueue(job):
+        return None
+
+    return enqueue
+
+
+if __name__ == "__main__":
+    main()
