@@ -16,6 +16,7 @@ from agreements import rendering, tasks
 from agreements.models import Agreement, AgreementTemplate, InvalidTransition, Signature, TemplateVersion
 from agreements.selectors import AGREEMENT_MANAGERS, TEMPLATE_EDITORS, agreement_render, missing_values
 from audit import events
+from audit import tasks as audit_tasks
 from audit.services import audit_record
 from models_registry.models import Checkpoint
 
@@ -533,6 +534,7 @@ def _activate(*, actor: User, agreement: Agreement) -> None:
     from models_registry.services import grants_create_for_agreement
 
     grants_create_for_agreement(agreement=agreement, actor=actor)
+    audit_tasks.seal_agreement_record.delay_on_commit(agreement.pk, "activated")
     if agreement.amends_id and agreement.replaces_amended:
         original = Agreement.objects.select_for_update().get(pk=agreement.amends_id)
         if original.can("supersede"):
@@ -555,6 +557,7 @@ def _end(*, actor: User | None, agreement: Agreement, step: str, action: str, re
     agreement.save(update_fields=["status", "ended_at", "end_reason"])
     audit_record(actor=actor, action=action, target=agreement, data={"reason": reason})
     grants_revoke_for_agreement(agreement=agreement, actor=actor, reason=f"agreement {agreement.reference} {reason}")
+    audit_tasks.seal_agreement_record.delay_on_commit(agreement.pk, "ended")
     return agreement
 
 

@@ -23,3 +23,43 @@ class AuditFilterForm(forms.Form):
         if data.get("date_from") and data.get("date_to") and data["date_from"] > data["date_to"]:
             self.add_error("date_to", "The end date is before the start date.")
         return data
+
+
+UPLOAD_LIMIT = 20 * 1024 * 1024  # DESIGN.md: uploads ≤ 20 MB
+
+
+class AuditExportForm(AuditFilterForm):
+    """The audit page's filters plus the file format; the export holds exactly what the page lists."""
+
+    format = forms.ChoiceField(choices=[("csv", "CSV"), ("pdf", "PDF (sealed)")], initial="csv")
+
+
+class EvidenceBundleForm(forms.Form):
+    organization = forms.ModelChoiceField(
+        queryset=Organization.objects.none(),
+        empty_label="Choose a partner",
+        label="Partner organisation",
+        error_messages={"required": "Choose the partner organisation to export evidence for."},
+    )
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["organization"].queryset = Organization.objects.filter(kind=Organization.Kind.PARTNER).order_by(
+            "name"
+        )
+
+
+class RecordVerifyForm(forms.Form):
+    file = forms.FileField(
+        label="Record (PDF)",
+        help_text="A record or export downloaded from ModelPact; at most 20 MB.",
+        error_messages={"required": "Choose the PDF to check.", "empty": "The file is empty."},
+    )
+
+    def clean_file(self) -> object:
+        upload = self.cleaned_data["file"]
+        if upload.size > UPLOAD_LIMIT:
+            raise forms.ValidationError(
+                f"The file is {upload.size / 1e6:.1f} MB; records are at most 20 MB, so this is not one of ours."
+            )
+        return upload

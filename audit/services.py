@@ -90,7 +90,6 @@ def _organization_of(target: models.Model) -> Any | None:
 # WeasyPrint and pyHanko are imported inside these functions: every app imports this module.
 
 logger = logging.getLogger(__name__)
-RECORD_EXPORTERS = ("lab_admin", "legal", "auditor")
 _PROGRESS_EVERY = 0.5  # seconds between progress writes
 
 
@@ -125,6 +124,7 @@ def agreement_record_request(*, actor: Any, agreement: Any) -> list[str]:
     """Queue sealing for an active or ended agreement's missing records; returns the occasions queued."""
     from accounts.permissions import require_role
     from audit import tasks
+    from audit.selectors import RECORD_EXPORTERS
 
     require_role(actor, *RECORD_EXPORTERS)
     if agreement.activated_at is None:
@@ -153,7 +153,7 @@ def record_export_request(
     from accounts.permissions import require_role
     from audit import selectors
 
-    require_role(actor, *RECORD_EXPORTERS)
+    require_role(actor, *selectors.RECORD_EXPORTERS)
     filters = _normalise_filters(filters or {}) if kind != SealedRecord.Kind.EVIDENCE_BUNDLE else {}
     if kind == SealedRecord.Kind.EVIDENCE_BUNDLE:
         if organization is None or organization.kind != Organization.Kind.PARTNER:

@@ -1,11 +1,31 @@
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
 
-from accounts.permissions import require_role
-from audit.forms import AuditFilterForm
-from audit.selectors import AUDIT_READERS, audit_chain_verify, audit_event_list
+from accounts.permissions import has_role, require_role, role_of
+from accounts.views import apply_validation_error
+from agreements.selectors import agreement_get
+from audit import services
+from audit.forms import UPLOAD_LIMIT, AuditExportForm, AuditFilterForm, EvidenceBundleForm, RecordVerifyForm
+from audit.models import SealedRecord
+from audit.selectors import (
+    AUDIT_READERS,
+    EXPORT_KINDS,
+    RECORD_EXPORTERS,
+    agreement_record_latest,
+    agreement_records_pending,
+    audit_chain_verify,
+    audit_event_list,
+    audit_filters_described,
+    record_file_bytes,
+    sealed_record_get,
+    sealed_record_list,
+)
+from audit.selectors import record_verify as verify_file
 
 
 @login_required
@@ -39,3 +59,140 @@ def audit_event_list_view(request: HttpRequest) -> HttpResponse:
 def audit_verify_view(request: HttpRequest) -> HttpResponse:
     require_role(request.user, *AUDIT_READERS)
     return render(request, "audit/verify.html", {"report": audit_chain_verify()})
+
+
+# --- Sealed records: exports, downloads, verification ---------------------------------------------
+
+
+def _export_context(request: HttpRequest, **forms: object) -> dict[str, object]:
+    records = sealed_record_list(user=request.user)
+    return {
+        "bundle_form": forms.get("bundle_form") or EvidenceBundleForm(),
+        "export_form": forms.get("export_form") or AuditExportForm(),
+        "exports": list(records.filter(kind__in=EXPORT_KINDS)[:20]),
+        "agreement_records": list(records.filter(kind=SealedRecord.Kind.AGREEMENT_RECORD)[:50]),
+        "unsealed": list(agreement_records_pending(user=request.user)[:20]),
+    }
+
+
+@login_required
+def records_home(request: HttpRequest) -> HttpResponse:
+    require_role(request.user, *RECORD_EXPORTERS)
+    return render(request, "audit/records/home.html", _export_context(request))
+
+
+@login_required
+@require_POST
+def record_export_bundle(request: HttpRequest) -> HttpResponse:
+    require_role(request.user, *RECORD_EXPORTERS)
+    form = EvidenceBundleForm(request.POST)
+    if form.is_valid():
+        try:
+            record = services.record_export_request(
+                actor=request.user,
+                kind=SealedRecord.Kind.EVIDENCE_BUNDLE,
+                organization=form.cleaned_data["organization"],
+            )
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            return redirect("record_detail", pk=record.pk)
+    return render(request, "audit/records/home.html", _export_context(request, bundle_form=form), status=400)
+
+
+@login_required
+@require_POST
+def record_export_audit_log(request: HttpRequest) -> HttpResponse:
+    require_role(request.user, *RECORD_EXPORTERS)
+    form = AuditExportForm(request.POST)
+    if form.is_valid():
+        kind = (
+            SealedRecord.Kind.AUDIT_LOG_PDF if form.cleaned_data["format"] == "pdf" else SealedRecord.Kind.AUDIT_LOG_CSV
+        )
+        try:
+            record = services.record_export_request(actor=request.user, kind=kind, filters=form.cleaned_data)
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            return redirect("record_detail", pk=record.pk)
+    return render(request, "audit/records/home.html", _export_context(request, export_form=form), status=400)
+
+
+@login_required
+def record_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    record = sealed_record_get(user=request.user, pk=pk)
+    context = {"record": record, "filters": audit_filters_described(record.filters)}
+    return render(request, "audit/records/detail.html", context)
+
+
+@login_required
+def record_status(request: HttpRequest, pk: int) -> HttpResponse:
+    """The progress panel, polled by htmx until the record is ready or failed."""
+    record = sealed_record_get(user=request.user, pk=pk)
+    return render(request, "audit/records/_status.html", {"record": record})
+
+
+def _file_response(record: SealedRecord, content: bytes) -> HttpResponse:
+    response = HttpResponse(content, content_type=record.content_type)
+    response["Content-Disposition"] = f'attachment; filename="{record.filename}"'
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@login_required
+def record_download(request: HttpRequest, pk: int) -> HttpResponse:
+    record = sealed_record_get(user=request.user, pk=pk)
+    content = record_file_bytes(record)
+    services.record_download(actor=request.user, record=record)
+    return _file_response(record, content)
+
+
+@login_required
+def agreement_record_download(request: HttpRequest, pk: int) -> HttpResponse:
+    """An agreement's newest sealed record; partners reach only their own organisation's."""
+    agreement, record = agreement_record_latest(user=request.user, agreement_pk=pk)
+    if record is None:
+        context = {"agreement": agreement, "can_seal": has_role(request.user, *RECORD_EXPORTERS)}
+        return render(request, "audit/records/agreement_missing.html", context, status=404)
+    content = record_file_bytes(record)
+    services.record_download(actor=request.user, record=record)
+    return _file_response(record, content)
+
+
+@login_required
+@require_POST
+def agreement_record_seal(request: HttpRequest, pk: int) -> HttpResponse:
+    """Seal the record of an agreement activated before records existed (or whose sealing failed)."""
+    agreement = agreement_get(user=request.user, pk=pk)
+    try:
+        queued = services.agreement_record_request(actor=request.user, agreement=agreement)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Sealing {agreement.reference}'s record ({', '.join(queued)}). Refresh in a moment.")
+    return redirect("records_home")
+
+
+@login_required
+def record_verify(request: HttpRequest) -> HttpResponse:
+    """Any signed-in user: upload a PDF, learn whether it is an untouched sealed record of ours."""
+    if role_of(request.user) is None:
+        raise PermissionDenied("Your account has no role yet.")
+    result = None
+    status = 200
+    declared = request.META.get("CONTENT_LENGTH") or "0"
+    if request.method == "POST" and declared.isdigit() and int(declared) > UPLOAD_LIMIT + 64 * 1024:
+        # Refuse before reading a body that is too large anyway.
+        form = RecordVerifyForm()
+        form.add_error("file", "The file is over 20 MB; records are at most 20 MB, so this is not one of ours.")
+        status = 413
+    else:
+        form = RecordVerifyForm(request.POST, request.FILES) if request.method == "POST" else RecordVerifyForm()
+        if request.method == "POST":
+            if form.is_valid():
+                result = verify_file(form.cleaned_data["file"].read())
+            else:
+                status = 400
+    context = {"form": form, "result": result}
+    return render(request, "audit/records/verify.html", context, status=status)

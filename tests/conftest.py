@@ -26,6 +26,27 @@ def pytest_configure(config: pytest.Config) -> None:
     app.conf.task_eager_propagates = True
 
 
+@pytest.fixture(scope="session")
+def _seal_key(tmp_path_factory) -> tuple:
+    from audit.pdf import generate_seal_key
+
+    folder = tmp_path_factory.mktemp("seal")
+    generate_seal_key(folder / "key.pem", folder / "cert.pem")
+    return folder / "key.pem", folder / "cert.pem"
+
+
+@pytest.fixture(autouse=True)
+def records_dir(settings, tmp_path, _seal_key):
+    """Sealed records go to the test's own folder, sealed with a key made once for the session.
+
+    Tests run with DEBUG off, where sealing refuses to invent a key: one is made as an operator would.
+    """
+    settings.RECORDS_DIR = tmp_path / "records"
+    settings.RECORDS_KEY_PATH, settings.RECORDS_CERT_PATH = _seal_key
+    settings.RECORDS_TSA_URL = ""
+    return settings.RECORDS_DIR
+
+
 @pytest.fixture(autouse=True)
 def _clear_cache() -> None:
     # Login rate limits live in the cache; one test's failures must not lock the next.

@@ -123,6 +123,16 @@ class Command(BaseCommand):
         partner_b = organizations["Partner B"]
         if not Agreement.objects.filter(organization=partner_b, status__in=live).exists():
             self._sent_agreement(legal, partner_b, version, small[:1], PURPOSE_B)
+        # Partner A's sealed record, made now (not left to the worker) so records_verify can check it at once.
+        from audit.selectors import record_file_path
+        from audit.services import record_seal_agreement
+
+        for active in Agreement.objects.filter(organization=partner_a, status=Agreement.Status.ACTIVE):
+            record = record_seal_agreement(agreement_id=active.pk, occasion="activated")
+            if record is not None and record.is_ready:
+                self.stdout.write(f"Sealed record of {active.reference}: {record_file_path(record)}")
+            elif record is not None:
+                self.stderr.write(f"{active.reference} was not sealed: {record.error}")
 
     def _sent_agreement(self, legal, organization, version, checkpoints, purpose):
         from agreements import services as agreements

@@ -1,0 +1,158 @@
+"""API for the audit log (lab admins, legal and auditors) and record verification (anyone signed in)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import generics, serializers
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.permissions import require_role
+from audit import events
+from audit.forms import UPLOAD_LIMIT
+from audit.models import AuditEvent, SealedRecord
+from audit.selectors import AUDIT_READERS, audit_chain_verify, audit_event_list, record_verify
+from config.api import ApiError, ErrorSerializer
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    organization = serializers.CharField(source="organization.name", allow_null=True, default=None)
+
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "seq",
+            "created_at",
+            "actor_email",
+            "organization",
+            "action",
+            "target_type",
+            "target_id",
+            "target_repr",
+            "data",
+            "ip",
+            "prev_hash",
+            "hash",
+        ]
+
+
+class AuditQuerySerializer(serializers.Serializer):
+    """The audit page's filters, passed to the selector as they are."""
+
+    organization = serializers.IntegerField(required=False, min_value=1, help_text="Organisation id.")
+    actor = serializers.EmailField(required=False, max_length=254, help_text="Actor email.")
+    action = serializers.CharField(
+        required=False, max_length=64, help_text="An action (agreement.signed) or a prefix ending in a dot (job.)."
+    )
+    date_from = serializers.DateField(required=False, help_text="UTC date, included.")
+    date_to = serializers.DateField(required=False, help_text="UTC date, included.")
+
+    def validate_action(self, action: str) -> str:
+        known = events.all_actions()
+        if action in known or (action.endswith(".") and any(a.startswith(action) for a in known)):
+            return action
+        raise serializers.ValidationError(f"Unknown action {action!r}; use one like agreement.signed, or job.")
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if data.get("date_from") and data.get("date_to") and data["date_from"] > data["date_to"]:
+            raise serializers.ValidationError({"date_to": "The end date is before the start date."})
+        return data
+
+
+@extend_schema(tags=["audit"], parameters=[AuditQuerySerializer])
+class AuditEventListApi(generics.ListAPIView):
+    """The hash-chained audit log, newest first. Lab admins, legal and auditors only."""
+
+    serializer_class = AuditEventSerializer
+    filter_backends: list[Any] = []
+    cursor_ordering = ("-seq",)
+
+    def get_queryset(self) -> QuerySet[AuditEvent]:
+        require_role(self.request.user, *AUDIT_READERS)
+        query = AuditQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        filters = dict(query.validated_data)
+        return audit_event_list(
+            user=self.request.user,
+            organization_id=filters.get("organization"),
+            actor_email=filters.get("actor"),
+            action=filters.get("action"),
+            date_from=filters.get("date_from"),
+            date_to=filters.get("date_to"),
+        )
+
+
+class ChainReportSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    events = serializers.IntegerField(help_text="Events checked.")
+    head_seq = serializers.IntegerField()
+    head_hash = serializers.CharField()
+    first_bad_seq = serializers.IntegerField(allow_null=True)
+    problem = serializers.CharField(help_text="Empty when the chain is intact.")
+
+
+@extend_schema(tags=["audit"], responses={200: ChainReportSerializer})
+class AuditVerifyApi(APIView):
+    """Walk the whole audit chain and report the first event that does not fit, if any."""
+
+    def get(self, request: Request) -> Response:
+        require_role(request.user, *AUDIT_READERS)
+        return Response(ChainReportSerializer(audit_chain_verify()).data)
+
+
+class RecordUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="A PDF, at most 20 MB.")
+
+    def validate_file(self, upload: Any) -> Any:
+        if upload.size > UPLOAD_LIMIT:
+            raise serializers.ValidationError(f"The file is {upload.size / 1e6:.1f} MB; the limit is 20 MB.")
+        return upload
+
+
+class VerifiedRecordSerializer(serializers.ModelSerializer):
+    agreement = serializers.CharField(source="agreement.reference", allow_null=True, default=None)
+
+    class Meta:
+        model = SealedRecord
+        fields = ["id", "kind", "subject", "agreement", "sealed_at", "sha256"]
+
+
+class VerdictSerializer(serializers.Serializer):
+    ok = serializers.BooleanField(help_text="True only for an untouched sealed record of ours.")
+    code = serializers.CharField(
+        help_text="Empty when ok; else not_pdf, unreadable, no_seal, other_key, seal_invalid, bytes_changed, "
+        "incremental_update, unknown_hash or too_large."
+    )
+    reason = serializers.CharField(help_text="What it is, or why it is not one of ours.")
+    record = VerifiedRecordSerializer(allow_null=True, help_text="The record it matches, when recognised.")
+    sealed_at = serializers.DateTimeField(allow_null=True)
+    sha256 = serializers.CharField(help_text="SHA-256 of the uploaded file.")
+
+
+@extend_schema(
+    tags=["records"],
+    request={"multipart/form-data": RecordUploadSerializer},
+    responses={
+        200: VerdictSerializer,
+        413: OpenApiResponse(ErrorSerializer, description="too_large: the upload is over 20 MB."),
+    },
+)
+class RecordVerifyApi(APIView):
+    """A PDF in, the verdict out: is this an untouched sealed record of ours, and if not, why not."""
+
+    parser_classes = [MultiPartParser]
+
+    def post(self, request: Request) -> Response:
+        declared = request.META.get("CONTENT_LENGTH") or "0"
+        if declared.isdigit() and int(declared) > UPLOAD_LIMIT + 64 * 1024:
+            # Refuse before reading a body that is too large anyway.
+            raise ApiError(status=413, code="too_large", message="Uploads are limited to 20 MB.")
+        upload = RecordUploadSerializer(data=request.data)
+        upload.is_valid(raise_exception=True)
+        result = record_verify(upload.validated_data["file"].read())
+        return Response(VerdictSerializer(result).data)
