@@ -16,7 +16,7 @@ NAV_ITEMS: list[tuple[str, str, tuple[str, ...]]] = [
     ("Templates", "template_list", (Role.LAB_ADMIN, Role.LEGAL)),
     ("Agreements", "agreement_list", tuple(Role.values)),
     ("Checkpoints", "checkpoint_list", tuple(Role.values)),
-    ("Jobs", "job_list", (Role.PARTNER_ADMIN, Role.SIGNATORY, Role.RESEARCHER)),
+    ("Jobs", "job_list", tuple(Role.values)),
     ("Access requests", "access_request_list", tuple(Role.values)),
     ("Audit log", "audit_event_list", LAB_ROLES),
     ("Records", "records_home", LAB_ROLES),

@@ -304,6 +304,13 @@ def job_claim_batch(*, job_id: int, worker: str) -> list[GenerationJob]:
     return jobs
 
 
+def job_mark_device(*, job_ids: list[int], worker: str, device: str) -> None:
+    """Show where a claimed batch runs while it runs, not only once it is done."""
+    GenerationJob.objects.filter(pk__in=job_ids, status=GenerationJob.Status.RUNNING, worker=worker).update(
+        device=device
+    )
+
+
 def job_progress(*, job_ids: list[int], tokens: dict[int, int], worker: str) -> set[int]:
     """Record tokens so far and extend the lease; returns the jobs whose cancellation was requested."""
     deadline = lease_deadline()
@@ -329,6 +336,11 @@ def job_recheck_access(*, job: GenerationJob, worker: str) -> AccessDecision | N
     return decision
 
 
+def storable_text(text: str) -> str:
+    """Generated text as stored and hashed: PostgreSQL cannot hold NUL, which byte-level BPE can emit."""
+    return text.replace("\x00", "\ufffd")
+
+
 @transaction.atomic
 def job_complete(
     *,
@@ -350,6 +362,7 @@ def job_complete(
     row = locked.first()
     if row is None:
         return False  # the sweeper gave it to someone else; their result counts, not ours
+    samples = [(index, storable_text(text), count) for index, text, count in samples]
     Sample.objects.bulk_create(
         [
             Sample(job=row, index=index, text=text, token_count=count, sha256=hashlib.sha256(text.encode()).hexdigest())

@@ -84,6 +84,7 @@ def _generate(jobs: list, worker: str, *, retrying: bool = False) -> None:
     ]
     cancel_poll = _CancelPoll(list(by_key), worker)
     device = engine.pick_device(settings.INFERENCE_DEVICE or None)
+    services.job_mark_device(job_ids=list(by_key), worker=worker, device=device)
     cache = engine.get_default_cache(settings.INFERENCE_MODEL_CACHE_MB * 1024 * 1024)
     started = time.perf_counter()
     try:
@@ -97,6 +98,7 @@ def _generate(jobs: list, worker: str, *, retrying: bool = False) -> None:
             cache=cache,
             on_progress=cancel_poll.progress,
             should_cancel=cancel_poll.cancelled,
+            progress_interval_s=settings.INFERENCE_PROGRESS_INTERVAL,
         )
     except engine.GenerationOOM:
         # Out of GPU memory: the engine freed what it could. Try once more with half the batch each;

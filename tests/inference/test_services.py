@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 
 import pytest
@@ -211,3 +212,17 @@ def test_queued_jobs_never_claimed_are_sent_again(researcher_a, active, gpt2, se
     assert services.jobs_sweep()["resent"] == []
     with time_machine.travel(timezone.now() + timedelta(seconds=61)):
         assert services.jobs_sweep()["resent"] == [job.pk]
+
+
+def test_a_sample_with_a_nul_byte_is_stored_not_lost(researcher_a, active, gpt2):
+    # Byte-level BPE can emit NUL, which PostgreSQL text cannot hold; the job must still finish.
+    job = submit(researcher_a, gpt2)
+    [claimed] = services.job_claim_batch(job_id=job.pk, worker="w1")
+    stored = services.job_complete(
+        job=claimed, worker="w1", samples=[(0, "a\x00b", 3)], prompt_tokens=4, cancelled=False,
+        device="cpu", batch_size=1, timings={},
+    )  # fmt: skip
+    assert stored
+    sample = job.samples.get()
+    assert sample.text == "a\ufffdb"
+    assert sample.sha256 == hashlib.sha256("a\ufffdb".encode()).hexdigest()

@@ -1,0 +1,115 @@
+"""Every read of generation jobs, scoped at one point: partners see their organisation's, lab staff all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from django.conf import settings
+from django.db.models import Q, QuerySet
+from django.http import Http404
+
+from accounts.models import LAB_ROLES, PARTNER_ROLES, User
+from accounts.permissions import role_of
+from inference.models import GenerationJob, Sample
+from inference.services import queue_for
+from models_registry.models import Checkpoint
+from models_registry.selectors import PartnerCheckpoint, partner_checkpoint_overview
+
+
+def job_list(
+    *,
+    user: User,
+    status: str | None = None,
+    checkpoint: Checkpoint | None = None,
+    date_from: date | None = None,
+    date_to: date | None = None,
+) -> QuerySet[GenerationJob]:
+    """Newest first. One query per page however many jobs there are: every row's relations are joined."""
+    role = role_of(user)
+    if role is None:
+        raise Http404
+    jobs = GenerationJob.objects.select_related("checkpoint", "requester", "organization", "grant__agreement")
+    if role in PARTNER_ROLES:
+        jobs = jobs.filter(organization_id=user.membership.organization_id)
+    elif role not in LAB_ROLES:
+        raise Http404
+    if status:
+        jobs = jobs.filter(status=status)
+    if checkpoint is not None:
+        jobs = jobs.filter(checkpoint=checkpoint)
+    if date_from is not None:
+        jobs = jobs.filter(created_at__date__gte=date_from)
+    if date_to is not None:
+        jobs = jobs.filter(created_at__date__lte=date_to)
+    return jobs.order_by("-created_at", "-pk")
+
+
+def job_get(*, user: User, pk: int, with_samples: bool = False) -> GenerationJob:
+    """One job; another organisation's is 404, the same as one that does not exist."""
+    jobs = job_list(user=user)
+    if with_samples:
+        jobs = jobs.prefetch_related("samples")
+    job = jobs.filter(pk=pk).first()
+    if job is None:
+        raise Http404
+    return job
+
+
+def job_can_cancel(*, user: User, job: GenerationJob) -> bool:
+    """Only the job's own organisation cancels, and only before it finishes; lab staff only read."""
+    return (
+        role_of(user) in PARTNER_ROLES
+        and job.organization_id == user.membership.organization_id
+        and not job.is_finished
+    )
+
+
+def job_queue_position(job: GenerationJob) -> int | None:
+    """1 for the next job its queue will start; None unless queued.
+
+    Counts queued jobs of every organisation on the same broker queue (checkpoints routed together),
+    created before this one: the order the worker claims them in. Only the number is shown.
+    """
+    if job.status != GenerationJob.Status.QUEUED:
+        return None
+    queue = queue_for(job.checkpoint.slug)
+    routed_elsewhere = [slug for slug, q in settings.INFERENCE_CHECKPOINT_QUEUES.items() if q != queue]
+    if queue == settings.INFERENCE_DEFAULT_QUEUE:
+        same_queue = ~Q(checkpoint__slug__in=routed_elsewhere)
+    else:
+        same_queue = Q(checkpoint__slug__in=[s for s, q in settings.INFERENCE_CHECKPOINT_QUEUES.items() if q == queue])
+    earlier = Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, pk__lt=job.pk)
+    ahead = GenerationJob.objects.filter(same_queue, earlier, status=GenerationJob.Status.QUEUED).count()
+    return ahead + 1
+
+
+def job_samples(job: GenerationJob) -> list[Sample]:
+    return sorted(job.samples.all(), key=lambda sample: sample.index)
+
+
+@dataclass(frozen=True)
+class JobCheckpoints:
+    """What the job form may offer: the checkpoints usable now, and why each other one is not."""
+
+    usable: list[PartnerCheckpoint]
+    refused: list[PartnerCheckpoint]
+
+
+def job_checkpoint_options(*, user: User) -> JobCheckpoints:
+    """Asks the access choke point about every checkpoint for the user's organisation (partners only).
+
+    A checkpoint whose quota is used up today stays on offer: submitting says so, with when it resets.
+    """
+    rows = partner_checkpoint_overview(user=user)
+    return JobCheckpoints(
+        usable=[row for row in rows if row.usable],
+        refused=[row for row in rows if not row.usable],
+    )
+
+
+def job_home(*, user: User) -> dict[str, object]:
+    """The partner home page's jobs card: the organisation's five latest jobs."""
+    if role_of(user) not in PARTNER_ROLES:
+        return {}
+    return {"recent_jobs": list(job_list(user=user)[:5])}

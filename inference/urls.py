@@ -1,0 +1,11 @@
+from django.urls import path
+
+from inference import views
+
+urlpatterns = [
+    path("jobs/", views.job_list, name="job_list"),
+    path("jobs/new/", views.job_create, name="job_create"),
+    path("jobs/<int:pk>/", views.job_detail, name="job_detail"),
+    path("jobs/<int:pk>/live/", views.job_live, name="job_live"),
+    path("jobs/<int:pk>/cancel/", views.job_cancel, name="job_cancel"),
+]

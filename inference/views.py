@@ -1,0 +1,144 @@
+"""Pages for generation jobs: the form, the list, one job with its live progress, and cancelling."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render, resolve_url
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from accounts.models import LAB_ROLES, PARTNER_ROLES
+from accounts.permissions import require_role, role_of
+from accounts.views import apply_validation_error
+from inference import selectors, services
+from inference.forms import JobFilterForm, JobForm
+from inference.models import GenerationJob
+from inference.services import AccessRefused, IdempotencyConflict
+
+JOBS_PER_PAGE = 25
+
+
+@login_required
+def job_list(request: HttpRequest) -> HttpResponse:
+    """Partners: their organisation's jobs. Lab staff: every organisation's, read-only."""
+    form = JobFilterForm(request.GET or None)
+    filters = {}
+    if form.is_bound and form.is_valid():
+        filters = {name: value for name, value in form.cleaned_data.items() if value}
+    jobs = selectors.job_list(user=request.user, **filters)
+    if form.errors:
+        jobs = jobs.none()
+    page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "form": form,
+        "page": page,
+        "query": query.urlencode(),
+        "is_lab": role_of(request.user) in LAB_ROLES,
+        "can_submit": role_of(request.user) in PARTNER_ROLES,
+        "filtered": bool(filters or form.errors),
+    }
+    return render(request, "inference/job_list.html", context, status=400 if form.errors else 200)
+
+
+@login_required
+def job_create(request: HttpRequest) -> HttpResponse:
+    """The choke point decides: the form offers what is usable now, and a refusal says what is missing."""
+    require_role(request.user, *PARTNER_ROLES)
+    options = selectors.job_checkpoint_options(user=request.user)
+    form = JobForm(request.POST or None, initial=_initial(request), usable=options.usable)
+    refusal = None
+    status = 200
+    if request.method == "POST" and form.is_valid():
+        try:
+            job = services.job_submit(
+                actor=request.user,
+                checkpoint=form.cleaned_data["checkpoint"],
+                params=form.params(),
+                idempotency_key=form.cleaned_data["idempotency_key"],
+            )
+        except AccessRefused as refused:
+            refusal = refused.decision
+            status = 429 if refusal.code == "quota_exceeded" else 403
+        except IdempotencyConflict as conflict:
+            # The page was submitted before with other settings (back button, edit, submit): a new key.
+            data = request.POST.copy()
+            data["idempotency_key"] = uuid.uuid4().hex
+            form = JobForm(data, usable=options.usable)
+            form.is_valid()
+            form.add_error(
+                None, f"This form was already sent as job #{conflict.job.pk}. Submit again to queue a new job."
+            )
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            messages.success(request, f"Job #{job.pk} queued on {job.checkpoint.slug}.")
+            return redirect("job_detail", pk=job.pk)
+    if form.errors:
+        status = 400
+    context = {"form": form, "options": options, "refusal": refusal}
+    return render(request, "inference/job_form.html", context, status=status)
+
+
+def _initial(request: HttpRequest) -> dict[str, object]:
+    """?from=<job> runs a job again with its settings; ?checkpoint=<slug> preselects a checkpoint."""
+    source = request.GET.get("from", "")
+    if source.isdigit():
+        return JobForm.initial_from(selectors.job_get(user=request.user, pk=int(source)))
+    if request.GET.get("checkpoint"):
+        return {"checkpoint": request.GET["checkpoint"]}
+    return {}
+
+
+@login_required
+def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    job = selectors.job_get(user=request.user, pk=pk, with_samples=True)
+    return render(request, "inference/job_detail.html", _job_context(request, job))
+
+
+def job_live(request: HttpRequest, pk: int) -> HttpResponse:
+    """The part of the job page that changes, polled every second until the job finishes."""
+    if not request.user.is_authenticated:
+        # Signed out while watching (the session expired): a login redirect would be swapped into the
+        # page, so ask htmx to load the sign-in page instead, coming back here afterwards.
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = f"{resolve_url(settings.LOGIN_URL)}?next={reverse('job_detail', args=[pk])}"
+        return response
+    job = selectors.job_get(user=request.user, pk=pk, with_samples=True)
+    return render(request, "inference/_job_live_response.html", _job_context(request, job))
+
+
+def _job_context(request: HttpRequest, job: GenerationJob) -> dict[str, object]:
+    generate_s = (job.timings or {}).get("generate_s")
+    return {
+        "job": job,
+        "samples": selectors.job_samples(job) if job.is_finished else [],
+        "queue_position": selectors.job_queue_position(job),
+        "can_cancel": selectors.job_can_cancel(user=request.user, job=job),
+        "tokens_per_s": job.tokens_generated / generate_s if generate_s and job.tokens_generated else None,
+        "can_submit": role_of(request.user) in PARTNER_ROLES,
+    }
+
+
+@login_required
+@require_POST
+def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    job = selectors.job_get(user=request.user, pk=pk)
+    try:
+        job = services.job_cancel(actor=request.user, job=job)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        if job.status == GenerationJob.Status.CANCELLED:
+            messages.success(request, f"Job #{job.pk} cancelled before it started.")
+        else:
+            messages.success(request, f"Stopping job #{job.pk}: it keeps the tokens generated so far.")
+    return redirect("job_detail", pk=job.pk)
