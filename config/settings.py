@@ -183,7 +183,8 @@ AGREEMENT_SIGNATURE_DAYS = env_int("AGREEMENT_SIGNATURE_DAYS", 30, minimum=1)
 # --- Sealed records -------------------------------------------------------
 # The lab's sealing key and certificate (PEM). `manage.py records_keygen` makes a development pair
 # at the defaults; production points these at its own, and sealing refuses to run without them.
-RECORDS_DIR = VAR_DIR / "records"
+# RECORDS_DIR holds the sealed files: web and worker hosts must share it (one host, or a shared mount).
+RECORDS_DIR = Path(env_str("RECORDS_DIR", str(VAR_DIR / "records"))).resolve()
 RECORDS_KEY_PATH = Path(env_str("RECORDS_KEY_PATH", str(RECORDS_DIR / "dev-seal-key.pem"))).resolve()
 RECORDS_CERT_PATH = Path(env_str("RECORDS_CERT_PATH", str(RECORDS_DIR / "dev-seal-cert.pem"))).resolve()
 # An RFC 3161 timestamp server: seals become PAdES B-T instead of B-B.
@@ -306,6 +307,7 @@ INFERENCE_DEVICE = env_str("INFERENCE_DEVICE", "")
 INFERENCE_TORCH_THREADS = env_int("INFERENCE_TORCH_THREADS", 1, minimum=0, maximum=256)
 INFERENCE_SWEEP_SECONDS = env_float("INFERENCE_SWEEP_SECONDS", 30.0, minimum=1)
 
+
 # --- Partner REST API (/api/v1/) ------------------------------------------
 def _throttle_rate(name: str, default: str) -> str:
     """DRF rates look like 600/min: a count, a slash, and s, min, hour or day (first letter counts)."""
@@ -318,14 +320,14 @@ def _throttle_rate(name: str, default: str) -> str:
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "knox.auth.TokenAuthentication",  # first, so a missing token answers 401 with WWW-Authenticate
+        "config.api.TokenAuthentication",  # knox's, leaner; first, so no token answers 401 + WWW-Authenticate
         "rest_framework.authentication.SessionAuthentication",  # the browser; enforces CSRF
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "config.api.Pagination",
-    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_FILTER_BACKENDS": ["config.api.FilterBackend"],  # django-filter's
     "DEFAULT_THROTTLE_CLASSES": ["config.api.TokenRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"api": _throttle_rate("API_THROTTLE_RATE", "600/min")},
     "EXCEPTION_HANDLER": "config.api.exception_handler",

@@ -6,33 +6,18 @@ from typing import Any
 
 import django_filters
 from django.db.models import QuerySet
-from django.http import Http404
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.models import PARTNER_ROLES, User
+from accounts.models import PARTNER_ROLES
 from accounts.permissions import role_of
 from agreements.models import Agreement
 from config.api import CreatedRangeFilterSet, RoleRequired
 from models_registry import selectors, services
 from models_registry.models import AccessGrant, AccessRequest, Checkpoint
-
-# --- Reads the API needs that selectors.py does not offer yet -------------------------------------
-
-
-def grant_list(*, user: User) -> QuerySet[AccessGrant]:
-    """Every grant, live or ended, newest first: partners their organisation's, lab staff all."""
-    role = role_of(user)
-    if role is None:
-        raise Http404
-    grants = AccessGrant.objects.select_related("organization", "checkpoint", "agreement")
-    if role in PARTNER_ROLES:
-        grants = grants.filter(organization_id=user.membership.organization_id)
-    return grants.order_by("-created_at", "-pk")
-
 
 # --- Serializers --------------------------------------------------------------------------------
 
@@ -63,7 +48,8 @@ class CheckpointSerializer(serializers.Serializer):
     status_reason = serializers.CharField()
     is_demo = serializers.BooleanField(help_text="Served from a tiny demo build, not the released weights.")
     access = AccessSerializer(
-        allow_null=True, help_text="Your organisation's access now; null for lab staff (the lab grants, it does not use)."
+        allow_null=True,
+        help_text="Your organisation's access now; null for lab staff (the lab grants, it does not use).",
     )
 
 
@@ -158,6 +144,7 @@ class CheckpointListApi(generics.ListAPIView):
 
     serializer_class = CheckpointSerializer
     filter_backends: list[Any] = []
+    pagination_class = None  # the four GPT-2 stages
 
     def get_queryset(self) -> list[Any]:
         if role_of(self.request.user) in PARTNER_ROLES:
@@ -190,7 +177,7 @@ class GrantListApi(generics.ListAPIView):
     queryset = AccessGrant.objects.none()  # for the schema; requests use get_queryset
 
     def get_queryset(self) -> QuerySet[AccessGrant]:
-        return grant_list(user=self.request.user)
+        return selectors.grant_list(user=self.request.user)
 
     def get_serializer_context(self) -> dict[str, Any]:
         return {**super().get_serializer_context(), "now": timezone.now()}

@@ -251,6 +251,17 @@ def grant_list_for_checkpoint(*, user: User, checkpoint: Checkpoint) -> QuerySet
     )
 
 
+def grant_list(*, user: User) -> QuerySet[AccessGrant]:
+    """Every grant, live or ended, newest first: partners their organisation's, lab staff all."""
+    role = role_of(user)
+    if role is None:
+        raise Http404
+    grants = AccessGrant.objects.select_related("organization", "checkpoint", "agreement")
+    if role in PARTNER_ROLES:
+        grants = grants.filter(organization_id=user.membership.organization_id)
+    return grants.order_by("-created_at", "-pk")
+
+
 def live_grant_list(*, organization: Organization, now: datetime | None = None) -> QuerySet[AccessGrant]:
     """An organisation's grants in force now, for the reviewer's side panel and the home page."""
     now = now or timezone.now()

@@ -1,0 +1,354 @@
+"""The plumbing every API view shares: one error shape, per-token throttling, pagination, filters.
+
+Every error the API answers, whatever raised it (a serializer, a selector's Http404, a service's
+ValidationError or PermissionDenied, the choke point's refusal, authentication, throttling or an
+unknown path), has the shape {"error": {"code": ..., "message": ..., "details": {...}}}.
+
+REST_FRAMEWORK names classes from here that rest_framework.views imports while it loads, so this
+module must not import rest_framework.views or generics at the top (the schema class is in api_schema.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import UTC, date, datetime, time, timedelta
+from hmac import compare_digest
+from typing import Any
+
+import django_filters
+from django.core.cache import cache
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, HttpRequest, JsonResponse
+from django.urls import Resolver404, resolve
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django_filters.rest_framework import DjangoFilterBackend
+from knox.auth import TokenAuthentication as KnoxTokenAuthentication
+from knox.crypto import hash_token
+from knox.models import AuthToken
+from knox.settings import CONSTANTS
+from rest_framework import exceptions, serializers
+from rest_framework.pagination import CursorPagination
+from rest_framework.permissions import BasePermission
+from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
+
+logger = logging.getLogger(__name__)
+
+# DRF's exception classes, by the stable code a program can branch on.
+_CODES: list[tuple[type[exceptions.APIException], str]] = [
+    (exceptions.ValidationError, "invalid"),
+    (exceptions.ParseError, "malformed_request"),
+    (exceptions.NotAuthenticated, "not_authenticated"),
+    (exceptions.AuthenticationFailed, "authentication_failed"),
+    (exceptions.PermissionDenied, "permission_denied"),
+    (exceptions.NotFound, "not_found"),
+    (exceptions.MethodNotAllowed, "method_not_allowed"),
+    (exceptions.NotAcceptable, "not_acceptable"),
+    (exceptions.UnsupportedMediaType, "unsupported_media_type"),
+    (exceptions.Throttled, "throttled"),
+]
+
+
+class ApiError(exceptions.APIException):
+    """An error with its own code and details, e.g. 409 idempotency_conflict or 429 quota_exceeded."""
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        code: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail=message, code=code)
+        self.status_code = status
+        self.error_code = code
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def utc_iso(moment: datetime) -> str:
+    """2026-11-28T00:00:00Z: ISO 8601 in UTC, as every time in the API is written."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _field_errors(detail: Any) -> Any:
+    """ErrorDetail trees to plain strings, keeping the field names as keys."""
+    if isinstance(detail, dict):
+        return {str(key): _field_errors(value) for key, value in detail.items()}
+    if isinstance(detail, list):
+        return [_field_errors(item) for item in detail]
+    return str(detail)
+
+
+def _flatten(errors: Any, prefix: str = "") -> list[str]:
+    if isinstance(errors, dict):
+        return [line for key, value in errors.items() for line in _flatten(value, f"{prefix}{key}.")]
+    if isinstance(errors, list):
+        if all(isinstance(item, str) for item in errors):
+            return [f"{prefix.rstrip('.')}: {' '.join(errors)}" if prefix else " ".join(errors)]
+        return [line for index, item in enumerate(errors) for line in _flatten(item, f"{prefix}{index}.")]
+    return [f"{prefix.rstrip('.')}: {errors}" if prefix else str(errors)]
+
+
+def validation_message(details: dict[str, Any]) -> str:
+    """One sentence naming every field that needs a change, for people reading logs and curl output."""
+    lines = [line.replace("non_field_errors: ", "").rstrip(".") for line in _flatten(details)]
+    return "Check the request: " + "; ".join(lines) + "." if lines else "Check the request."
+
+
+def _django_validation_details(exc: DjangoValidationError) -> dict[str, list[str]]:
+    if hasattr(exc, "error_dict"):
+        return {
+            ("non_field_errors" if field == "__all__" else field): list(messages)
+            for field, messages in exc.message_dict.items()
+        }
+    return {"non_field_errors": list(exc.messages)}
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """REST_FRAMEWORK's EXCEPTION_HANDLER: every error, one shape."""
+    from rest_framework.views import set_rollback  # here: rest_framework.views imports this module's classes
+
+    from inference.services import AccessRefused, IdempotencyConflict
+
+    if isinstance(exc, AccessRefused):
+        exc = access_refused_error(exc)
+    elif isinstance(exc, IdempotencyConflict):
+        exc = ApiError(
+            status=409,
+            code="idempotency_conflict",
+            message=str(exc),
+            details={"job": exc.job.pk},
+        )
+    elif isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(_django_validation_details(exc))
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound("Not found: it does not exist, or it is not yours to see.")
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or "Your role does not allow this.")
+
+    if not isinstance(exc, exceptions.APIException):
+        # A bug. Log it with its traceback; the client still gets the one error shape.
+        logger.exception("Unhandled error in %s", context.get("view").__class__.__name__, exc_info=exc)
+        set_rollback()
+        return Response(error_body("server_error", "Something went wrong on our side; it has been logged."), 500)
+
+    headers: dict[str, str] = {}
+    if getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = exc.auth_header
+    if isinstance(exc, ApiError):
+        body = error_body(exc.error_code, str(exc.detail), exc.details)
+        headers.update(exc.headers)
+    elif isinstance(exc, exceptions.ValidationError):
+        details = _field_errors(exc.detail)
+        if not isinstance(details, dict):
+            details = {"non_field_errors": details if isinstance(details, list) else [details]}
+        body = error_body("invalid", validation_message(details), details)
+    elif isinstance(exc, exceptions.Throttled):
+        wait = max(1, math.ceil(exc.wait or 1))
+        headers["Retry-After"] = str(wait)
+        body = error_body(
+            "throttled",
+            f"Too many requests with this token; retry in {wait} second{'s' if wait != 1 else ''}.",
+            {"retry_after_seconds": wait},
+        )
+    else:
+        code = next((code for cls, code in _CODES if isinstance(exc, cls)), "error")
+        body = error_body(code, str(exc.detail))
+    set_rollback()
+    return Response(body, status=exc.status_code, headers=headers)
+
+
+def access_refused_error(refused: Any) -> ApiError:
+    """The choke point's refusal: 429 quota_exceeded (with when it resets) or 403 access_denied."""
+    from models_registry.selectors import quota_reset_at
+
+    decision = refused.decision
+    message = decision.message[:1].upper() + decision.message[1:]
+    if decision.code == "quota_exceeded":
+        now = timezone.now()
+        resets_at = quota_reset_at(now)
+        return ApiError(
+            status=429,
+            code="quota_exceeded",
+            message=f"{message}.",
+            details={"resets_at": utc_iso(resets_at), "quota_left": decision.quota_left},
+            headers={"Retry-After": str(max(1, math.ceil((resets_at - now).total_seconds())))},
+        )
+    return ApiError(status=403, code="access_denied", message=f"{message}.", details={"reason": decision.code})
+
+
+@csrf_exempt  # a POST to a path that does not exist is a 404, not a CSRF failure page
+def not_found(request: HttpRequest) -> JsonResponse:
+    """Unknown paths under /api/ answer in the API's shape, not with the HTML 404 page."""
+    message = f"No API endpoint at {request.path}."
+    if not request.path.endswith("/"):
+        try:
+            resolved = resolve(request.path + "/")
+        except Resolver404:
+            resolved = None
+        if resolved is not None and resolved.func is not not_found:
+            message += f" Did you mean {request.path}/ (with the trailing slash)?"
+    return JsonResponse(error_body("not_found", message), status=404)
+
+
+class TokenAuthentication(KnoxTokenAuthentication):
+    """knox's token authentication, two queries lighter on every request, and robust to odd bytes.
+
+    The user's membership (role, organisation: what every selector asks) comes with the token, and only
+    the presented token is checked for expiry; knox also sweeps the user's other tokens each time, which
+    the API tokens page shows as expired instead. A key that is not UTF-8 is an invalid token (401),
+    where knox raises UnicodeDecodeError (500).
+    """
+
+    def authenticate_credentials(self, token: bytes) -> tuple[Any, AuthToken]:
+        key = token.decode("utf-8", errors="replace")
+        now = timezone.now()
+        candidates = AuthToken.objects.filter(token_key=key[: CONSTANTS.TOKEN_KEY_LENGTH])
+        for auth_token in candidates.select_related("user__membership"):
+            if auth_token.expiry is not None and auth_token.expiry < now:
+                continue
+            if compare_digest(hash_token(key), auth_token.digest):
+                return self.validate_user(auth_token)
+        raise exceptions.AuthenticationFailed("Invalid token: unknown, revoked or expired.")
+
+
+class TokenRateThrottle(BaseThrottle):
+    """Requests per token (each token its own budget); per user for browser sessions, per IP anonymously.
+
+    The rate is REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["api"] (API_THROTTLE_RATE, e.g. 600/min), read
+    at each request. A counter per fixed window in the cache (Redis in production, shared by every
+    worker): one INCR a request, where DRF's SimpleRateThrottle rewrites the list of every request
+    time in the window, which grows with the rate.
+    """
+
+    scope = "api"
+
+    def allow_request(self, request: Any, view: Any) -> bool:
+        from rest_framework.settings import api_settings
+
+        count, _, period = api_settings.DEFAULT_THROTTLE_RATES[self.scope].partition("/")
+        limit, seconds = int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[period[0]]
+        now = timezone.now().timestamp()
+        window = int(now // seconds)
+        key = f"throttle:{self.scope}:{self._ident(request)}:{seconds}:{window}"
+        try:
+            used = cache.incr(key)
+        except ValueError:  # the window's first request
+            used = 1 if cache.add(key, 1, timeout=seconds + 1) else cache.incr(key)
+        self._wait = (window + 1) * seconds - now
+        return used <= limit
+
+    def wait(self) -> float:
+        return self._wait
+
+    def _ident(self, request: Any) -> str:
+        if isinstance(request.auth, AuthToken):
+            return f"token:{request.auth.token_key}"
+        if request.user and request.user.is_authenticated:
+            return f"user:{request.user.pk}"
+        return f"ip:{self.get_ident(request)}"
+
+
+class Pagination(CursorPagination):
+    """50 a page (?page_size= up to 200), newest first, with next/previous links.
+
+    Cursors, not page numbers: jobs and audit events are added all the time at the top of their
+    newest-first lists, which shifts numbered pages under a client walking them (rows seen twice or
+    missed), and counting every row for a page number costs more the longer an organisation works.
+    A view orders by something else with a `cursor_ordering` attribute (the audit log: -seq).
+    """
+
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+    ordering = ("-created_at", "-id")
+    invalid_cursor_message = "Invalid cursor: use the next or previous link of a page as it is."
+
+    def get_ordering(self, request: Any, queryset: Any, view: Any) -> tuple[str, ...]:
+        return tuple(getattr(view, "cursor_ordering", self.ordering))
+
+    def paginate_queryset(self, queryset: Any, request: Any, view: Any = None) -> list[Any] | None:
+        # A cursor is only base64 of a query string; its position must also be a value of the field.
+        cursor = self.decode_cursor(request)
+        if cursor is not None and cursor.position is not None:
+            field = queryset.model._meta.get_field(self.get_ordering(request, queryset, view)[0].lstrip("-"))
+            try:
+                field.to_python(cursor.position)
+            except DjangoValidationError:
+                raise exceptions.NotFound(self.invalid_cursor_message) from None
+        return super().paginate_queryset(queryset, request, view)
+
+
+class RoleRequired(BasePermission):
+    """Refuse a write (403) before parsing its body when the caller's role may never make it.
+
+    The service checks the role again; this only makes the answer not depend on the body.
+    `RoleRequired.to("POST", *roles)` builds the class for a view's permission_classes.
+    """
+
+    methods: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+
+    @classmethod
+    def to(cls, method: str, *roles: str) -> type[RoleRequired]:
+        return type("RoleRequired", (cls,), {"methods": (method,), "roles": roles})
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        from accounts.permissions import require_role
+
+        if request.method in self.methods:
+            require_role(request.user, *self.roles)  # PermissionDenied names the roles that may
+        return True
+
+
+class FilterBackend(DjangoFilterBackend):
+    """django-filter, skipped when the request names none of the view's filters (most list calls):
+    building and validating its form costs more than the rest of a short list's work."""
+
+    def filter_queryset(self, request: Any, queryset: Any, view: Any) -> Any:
+        filterset_class = self.get_filterset_class(view, queryset)
+        if filterset_class is None or not any(name in request.query_params for name in filterset_class.base_filters):
+            return queryset
+        return super().filter_queryset(request, queryset, view)
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+class CreatedRangeFilterSet(django_filters.FilterSet):
+    """created_after / created_before: UTC calendar days, both included."""
+
+    created_after = django_filters.DateFilter(method="_created_after", label="Created on or after (UTC date)")
+    created_before = django_filters.DateFilter(method="_created_before", label="Created on or before (UTC date)")
+
+    def _created_after(self, queryset: Any, name: str, value: date) -> Any:
+        return queryset.filter(created_at__gte=_day_start(value))
+
+    def _created_before(self, queryset: Any, name: str, value: date) -> Any:
+        if value >= date.max:
+            return queryset
+        return queryset.filter(created_at__lt=_day_start(value) + timedelta(days=1))
+
+
+# --- OpenAPI ----------------------------------------------------------------------------------------
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="Stable, for programs: invalid, not_found, access_denied, ...")
+    message = serializers.CharField(help_text="For people: says what to change.")
+    details = serializers.DictField(help_text="For validation errors, a list of messages per field.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()

@@ -1,0 +1,35 @@
+"""The partner REST API (v1), its OpenAPI schema and its docs. Included at /api/ by config/urls.py."""
+
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from agreements.api import AgreementDetailApi, AgreementListApi, AgreementPdfApi
+from audit.api import AuditEventListApi, AuditVerifyApi, RecordVerifyApi
+from config.api import not_found
+from inference.api import JobCancelApi, JobDetailApi, JobListCreateApi
+from models_registry.api import AccessRequestDetailApi, AccessRequestListCreateApi, CheckpointListApi, GrantListApi
+
+app_name = "api"
+
+v1 = [
+    path("checkpoints/", CheckpointListApi.as_view(), name="checkpoint-list"),
+    path("agreements/", AgreementListApi.as_view(), name="agreement-list"),
+    path("agreements/<int:pk>/", AgreementDetailApi.as_view(), name="agreement-detail"),
+    path("agreements/<int:pk>/pdf/", AgreementPdfApi.as_view(), name="agreement-pdf"),
+    path("grants/", GrantListApi.as_view(), name="grant-list"),
+    path("access-requests/", AccessRequestListCreateApi.as_view(), name="access-request-list"),
+    path("access-requests/<int:pk>/", AccessRequestDetailApi.as_view(), name="access-request-detail"),
+    path("jobs/", JobListCreateApi.as_view(), name="job-list"),
+    path("jobs/<int:pk>/", JobDetailApi.as_view(), name="job-detail"),
+    path("jobs/<int:pk>/cancel/", JobCancelApi.as_view(), name="job-cancel"),
+    path("audit/events/", AuditEventListApi.as_view(), name="audit-event-list"),
+    path("audit/verify/", AuditVerifyApi.as_view(), name="audit-verify"),
+    path("records/verify/", RecordVerifyApi.as_view(), name="record-verify"),
+]
+
+urlpatterns = [
+    path("v1/", include(v1)),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    re_path(r"^[\s\S]*$", not_found, name="not-found"),  # any path, newlines included
+]

@@ -1,0 +1,87 @@
+"""API clients for the personas: each holds a real knox token, as a partner's script would.
+
+Partner A has an active agreement for the two demo checkpoints (tests/inference/conftest.py); Partner B
+has none and is the outsider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts import tokens
+from accounts.models import User
+from tests.inference.conftest import (  # noqa: F401  # noqa: F401
+    active,
+    demo_checkpoints,
+    demo_weights,
+    draft,
+    gpt2,
+    published_version,
+    sent,
+    small_checkpoints,
+)
+
+
+def token_for(user: User, **kwargs) -> str:
+    _token, key = tokens.api_token_create(actor=None, user=user, **kwargs)
+    return key
+
+
+def client_with(key: str | None) -> APIClient:
+    client = APIClient()
+    if key is not None:
+        client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    return client
+
+
+@pytest.fixture
+def api() -> Callable[[User | None], APIClient]:
+    """api(user) is a client with a fresh token of that user's; api(None) is anonymous."""
+    return lambda user: client_with(token_for(user) if user is not None else None)
+
+
+@pytest.fixture
+def no_generation(monkeypatch) -> list[int]:
+    """The one seam: jobs are queued but never handed to Celery (which runs eagerly in tests)."""
+    queued: list[int] = []
+    monkeypatch.setattr("inference.services.enqueue_job", lambda job: queued.append(job.pk))
+    return queued
+
+
+@pytest.fixture
+def sealed_record(settings, tmp_path, active):  # noqa: F811
+    """Partner A's active agreement with its sealed record, made in-process as activation would."""
+    from audit.models import SealedRecord
+    from audit.pdf import generate_seal_key
+    from audit.tasks import seal_agreement_record
+
+    folder = tmp_path / "records"
+    settings.RECORDS_DIR = folder
+    settings.RECORDS_KEY_PATH = folder / "dev-seal-key.pem"
+    settings.RECORDS_CERT_PATH = folder / "dev-seal-cert.pem"
+    settings.RECORDS_TSA_URL = ""
+    generate_seal_key(settings.RECORDS_KEY_PATH, settings.RECORDS_CERT_PATH)
+    assert seal_agreement_record.delay(active.pk, "activated").get() == "ready"
+    return SealedRecord.objects.get(agreement=active, occasion="activated")
+
+
+def job_body(**overrides) -> dict:
+    body = {
+        "checkpoint": "gpt2",
+        "prompt": "The partner shall label every sample",
+        "max_new_tokens": 8,
+        "temperature": 0.0,
+        "num_samples": 1,
+    }
+    body.update(overrides)
+    return body
+
+
+def error_of(response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "details"}, body
+    return body["error"]
