@@ -6,7 +6,10 @@ from audit import events
 
 class AuditFilterForm(forms.Form):
     organization = forms.ModelChoiceField(
-        queryset=Organization.objects.order_by("name"), required=False, empty_label="All organisations"
+        queryset=Organization.objects.order_by("name"),
+        required=False,
+        empty_label="All organisations",
+        label="Organisation",
     )
     actor = forms.EmailField(required=False, label="Actor email")
     action = forms.ChoiceField(required=False)
