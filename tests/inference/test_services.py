@@ -226,3 +226,28 @@ def test_a_sample_with_a_nul_byte_is_stored_not_lost(researcher_a, active, gpt2)
     sample = job.samples.get()
     assert sample.text == "a\ufffdb"
     assert sample.sha256 == hashlib.sha256("a\ufffdb".encode()).hexdigest()
+
+
+def test_a_checkpoint_routed_to_its_own_queue_is_sent_there(
+    researcher_a, active, gpt2, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    settings.INFERENCE_CHECKPOINT_QUEUES = {"gpt2": "gpu-small"}
+    sent = []
+    monkeypatch.setattr(tasks.run_job, "apply_async", lambda args, queue: sent.append((args, queue)))
+    with django_capture_on_commit_callbacks(execute=True):
+        job = submit(researcher_a, gpt2)
+    assert sent == [([job.pk], "gpu-small")]
+    assert services.queue_for("gpt2-medium") == "gpu"  # unrouted checkpoints use the default queue
+
+
+def test_queue_routes_are_parsed_strictly(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "MODELPACT_VAR_DIR": str(tmp_path), "INFERENCE_CHECKPOINT_QUEUES": "gpt2-xl"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=root, env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "INFERENCE_CHECKPOINT_QUEUES" in result.stderr
