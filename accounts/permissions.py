@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 
 from accounts.models import LAB_ROLES, PARTNER_ROLES, Role
+
+# How recently someone must have proved who they are (password or authenticator code) to sign an
+# agreement or create an API token; allauth's reauthentication uses the same window.
+REAUTH_WINDOW = timedelta(seconds=settings.ACCOUNT_REAUTHENTICATION_TIMEOUT)
 
 
 def role_of(user: Any) -> str | None:

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
-from allauth.account.adapter import get_adapter
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from accounts import tokens
-from accounts.permissions import role_of
-from agreements.views import recent_authentication
+from accounts.permissions import REAUTH_WINDOW, role_of
+from accounts.views import reauthentication_links, recent_authentication
 
 
 class TokenCreateForm(forms.Form):
@@ -35,14 +31,6 @@ class TokenCreateForm(forms.Form):
         choices.setdefault(default, f"{default} days")
         self.fields["expiry_days"].choices = sorted(choices.items())
         self.fields["expiry_days"].initial = default
-
-
-def _reauthentication_links(request: HttpRequest) -> list[dict[str, str]]:
-    """Ways to confirm identity (password, authenticator code) that come back to this page."""
-    query = urlencode({"next": reverse("api_token_list")})
-    methods = get_adapter(request).get_reauthentication_methods(request.user)
-    links = [{"label": str(m["description"]), "url": f"{m['url']}?{query}"} for m in methods]
-    return links or [{"label": "Use your password", "url": f"{reverse('account_reauthenticate')}?{query}"}]
 
 
 @never_cache
@@ -78,8 +66,8 @@ def token_list(request: HttpRequest) -> HttpResponse:
         "now": now,
         "reauth_at": reauth_at,
         "reauth_method": reauth_method,
-        "reauth_expires": reauth_at + tokens.reauthentication_window() if reauth_at else None,
-        "reauth_links": [] if reauth_at else _reauthentication_links(request),
+        "reauth_expires": reauth_at + REAUTH_WINDOW if reauth_at else None,
+        "reauth_links": [] if reauth_at else reauthentication_links(request),
         "api_base": request.build_absolute_uri("/api/v1/"),
     }
     return render(request, "accounts/api_tokens.html", context, status=status)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
@@ -19,7 +18,7 @@ from knox.models import AuthToken
 from knox.settings import knox_settings
 
 from accounts.models import Role, User
-from accounts.permissions import role_of
+from accounts.permissions import REAUTH_WINDOW, role_of
 from accounts.selectors import can_manage_users
 from audit import events
 from audit.services import audit_record
@@ -31,10 +30,6 @@ LIVE_TOKENS_PER_USER = 20
 
 def default_expiry_days() -> int:
     return max(1, knox_settings.TOKEN_TTL.days)
-
-
-def reauthentication_window() -> timedelta:
-    return timedelta(seconds=settings.ACCOUNT_REAUTHENTICATION_TIMEOUT)
 
 
 # --- Reads ------------------------------------------------------------------------------------------
@@ -92,7 +87,7 @@ def api_token_create(
     if actor is not None:
         if actor.pk != user.pk:
             raise PermissionDenied("People create API tokens for themselves only.")
-        if reauthenticated_at is None or now - reauthenticated_at > reauthentication_window():
+        if reauthenticated_at is None or now - reauthenticated_at > REAUTH_WINDOW:
             raise ValidationError(
                 "Confirm it is you (password or authenticator code) in the last 5 minutes, then create the token."
             )

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+from allauth.account.adapter import get_adapter
+from allauth.account.internal.flows.login import get_authentication_records
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -10,12 +15,14 @@ from django.core.paginator import Paginator
 from django.forms import Form
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
 from accounts.forms import AcceptInvitationForm, InvitationForm, OrganizationEditForm, OrganizationForm, RoleForm
 from accounts.models import Role
-from accounts.permissions import require_role, role_of
+from accounts.permissions import REAUTH_WINDOW, require_role, role_of
 from agreements.selectors import agreement_home
 from inference.selectors import job_home
 from models_registry.selectors import home_panels
@@ -28,6 +35,33 @@ def apply_validation_error(form: Form, error: ValidationError) -> None:
             form.add_error(field if field in form.fields else None, errors)
     else:
         form.add_error(None, error)
+
+
+def recent_authentication(request: HttpRequest) -> tuple[str | None, datetime | None]:
+    """How and when this session last proved who it is, if within the reauthentication window.
+
+    allauth records every password or authenticator-code check in the session, at sign-in and at
+    reauthentication alike; the latest one counts.
+    """
+    records = [r for r in get_authentication_records(request, request.user) if isinstance(r, dict) and "at" in r]
+    if not records:
+        return None, None
+    latest = max(records, key=lambda r: float(r["at"]))
+    at = datetime.fromtimestamp(float(latest["at"]), tz=UTC)
+    if timezone.now() - at > REAUTH_WINDOW:
+        return None, None
+    method = str(latest.get("method", ""))
+    if method == "mfa":
+        method = str(latest.get("type") or "mfa")  # "totp" or "recovery_codes"
+    return method or None, at
+
+
+def reauthentication_links(request: HttpRequest) -> list[dict[str, str]]:
+    """The ways this user can confirm their identity (password, authenticator code), back to this page."""
+    query = urlencode({"next": request.get_full_path()})
+    methods = get_adapter(request).get_reauthentication_methods(request.user)
+    links = [{"label": str(m["description"]), "url": f"{m['url']}?{query}"} for m in methods]
+    return links or [{"label": "Use your password", "url": f"{reverse('account_reauthenticate')}?{query}"}]
 
 
 @login_required

@@ -11,7 +11,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from accounts.models import PARTNER_ROLES, Organization, Role, User
-from accounts.permissions import require_role, role_of
+from accounts.permissions import REAUTH_WINDOW, require_role, role_of
 from agreements import rendering, tasks
 from agreements.models import Agreement, AgreementTemplate, InvalidTransition, Signature, TemplateVersion
 from agreements.selectors import AGREEMENT_MANAGERS, TEMPLATE_EDITORS, agreement_render, missing_values
@@ -27,7 +27,6 @@ CONSENT_TEXT = (
     "identity); and that I can download the signed agreement at any time."
 )
 CONSENT_SHA256 = rendering.sha256_text(CONSENT_TEXT)
-REAUTH_WINDOW = timedelta(minutes=5)
 MAX_TERM_MONTHS = 120
 MAX_DAILY_TOKEN_QUOTA = 100_000_000
 

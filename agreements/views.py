@@ -8,12 +8,10 @@ names, or as a message when it names none.
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
-from allauth.account.adapter import get_adapter
-from allauth.account.internal.flows.login import get_authentication_records
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -21,16 +19,15 @@ from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateformat import format as date_format
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from accounts.models import LAB_ROLES, PARTNER_ROLES, Organization, Role, User
-from accounts.permissions import require_role, role_of
+from accounts.permissions import REAUTH_WINDOW, require_role, role_of
 from accounts.selectors import organization_list
-from accounts.views import apply_validation_error
+from accounts.views import apply_validation_error, reauthentication_links, recent_authentication
 from agreements import rendering, selectors, services
 from agreements.forms import (
     AgreementFilterForm,
@@ -492,33 +489,6 @@ def agreement_amend(request: HttpRequest, pk: int) -> HttpResponse:
 # --- Signing ----------------------------------------------------------------------------------------
 
 
-def recent_authentication(request: HttpRequest) -> tuple[str | None, datetime | None]:
-    """How and when this session last proved who it is, if within the reauthentication window.
-
-    allauth records every password or authenticator-code check in the session, at sign-in and at
-    reauthentication alike; the latest one counts.
-    """
-    records = [r for r in get_authentication_records(request, request.user) if isinstance(r, dict) and "at" in r]
-    if not records:
-        return None, None
-    latest = max(records, key=lambda r: float(r["at"]))
-    at = datetime.fromtimestamp(float(latest["at"]), tz=UTC)
-    if timezone.now() - at > services.REAUTH_WINDOW:
-        return None, None
-    method = str(latest.get("method", ""))
-    if method == "mfa":
-        method = str(latest.get("type") or "mfa")  # "totp" or "recovery_codes"
-    return method or None, at
-
-
-def _reauthentication_links(request: HttpRequest) -> list[dict[str, str]]:
-    """The ways this user can confirm their identity (password, authenticator code), back to this page."""
-    query = urlencode({"next": request.get_full_path()})
-    methods = get_adapter(request).get_reauthentication_methods(request.user)
-    links = [{"label": str(m["description"]), "url": f"{m['url']}?{query}"} for m in methods]
-    return links or [{"label": "Use your password", "url": f"{reverse('account_reauthenticate')}?{query}"}]
-
-
 @login_required
 def agreement_sign(request: HttpRequest, pk: int) -> HttpResponse:
     """Sign for the partner (signatory) or countersign for the lab (legal): the same page and checks."""
@@ -583,8 +553,8 @@ def agreement_sign(request: HttpRequest, pk: int) -> HttpResponse:
         "consent_sha256": services.CONSENT_SHA256,
         "form": form,
         "reauth_method": reauth_method,
-        "reauth_expires": reauth_at + services.REAUTH_WINDOW if reauth_at else None,
-        "reauth_links": _reauthentication_links(request) if reauth_at is None else [],
+        "reauth_expires": reauth_at + REAUTH_WINDOW if reauth_at else None,
+        "reauth_links": reauthentication_links(request) if reauth_at is None else [],
     }
     return render(request, "agreements/agreement_sign.html", context, status=status)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, time, timedelta
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
@@ -38,10 +38,11 @@ def job_list(
         jobs = jobs.filter(status=status)
     if checkpoint is not None:
         jobs = jobs.filter(checkpoint=checkpoint)
+    # UTC calendar days as a range on created_at, so the (organization, created_at) index serves it.
     if date_from is not None:
-        jobs = jobs.filter(created_at__date__gte=date_from)
+        jobs = jobs.filter(created_at__gte=datetime.combine(date_from, time.min, tzinfo=UTC))
     if date_to is not None:
-        jobs = jobs.filter(created_at__date__lte=date_to)
+        jobs = jobs.filter(created_at__lt=datetime.combine(date_to + timedelta(days=1), time.min, tzinfo=UTC))
     return jobs.order_by("-created_at", "-pk")
 
 
