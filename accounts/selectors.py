@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Count, Q, QuerySet
 from django.http import Http404
+from knox.models import AuthToken
 
 from accounts.models import LAB_ROLES, Invitation, Membership, Organization, Role, User
 from accounts.permissions import require_role, role_of
@@ -68,3 +69,35 @@ def can_manage_users(user: User, organization: Organization) -> bool:
 
 def lab_organization() -> Organization | None:
     return Organization.objects.filter(kind=Organization.Kind.LAB).first()
+
+
+def api_token_list(*, user: User) -> QuerySet[AuthToken]:
+    """The user's own tokens, newest first (expired ones too, until knox clears them)."""
+    return AuthToken.objects.filter(user=user).order_by("-created", "-token_key")
+
+
+def api_token_managed_list(*, user: User) -> QuerySet[AuthToken]:
+    """Other people's tokens this user may revoke: a partner admin's organisation's; a lab admin's, all."""
+    role = role_of(user)
+    tokens = AuthToken.objects.exclude(user=user).select_related("user__membership__organization")
+    if role == Role.LAB_ADMIN:
+        return tokens.order_by("user__email", "-created")
+    if role == Role.PARTNER_ADMIN:
+        organization_id = user.membership.organization_id
+        return tokens.filter(user__membership__organization_id=organization_id).order_by("user__email", "-created")
+    return AuthToken.objects.none()
+
+
+def api_token_get(*, user: User, key: str) -> AuthToken:
+    """One token by its public prefix: the user's own, or one they manage; anything else is 404."""
+    token = AuthToken.objects.select_related("user__membership__organization").filter(token_key=key).first()
+    if token is None or role_of(user) is None:
+        raise Http404
+    if token.user_id != user.pk and not api_token_manageable(user, token):
+        raise Http404
+    return token
+
+
+def api_token_manageable(user: User, token: AuthToken) -> bool:
+    membership = getattr(token.user, "membership", None)
+    return membership is not None and can_manage_users(user, membership.organization)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
@@ -11,9 +11,12 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
+from knox.models import AuthToken
+from knox.settings import knox_settings
 
 from accounts.models import Invitation, Membership, Organization, Role, User, hash_token
-from accounts.permissions import require_role, role_of
+from accounts.permissions import REAUTH_WINDOW, require_role, role_of
+from accounts.selectors import api_token_manageable
 from accounts.tasks import send_invitation_email
 from audit import events
 from audit.services import audit_record
@@ -269,3 +272,70 @@ def user_set_password(*, actor: User | None, user: User, password: str) -> User:
     user.save(update_fields=["password"])
     audit_record(actor=actor, action=events.USER_PASSWORD_SET, target=user, organization=user.organization)
     return user
+
+
+# --- API tokens ------------------------------------------------------------------------------------
+# django-rest-knox AuthTokens: bound to one user, stored only as a SHA-512 digest, shown once, expiring,
+# several per user. A token acts with its user's role and organisation, so deactivating the user or
+# changing their role takes effect on the token at once.
+
+API_TOKEN_EXPIRY_DAYS_MAX = 3650
+# Enough for every pipeline a person runs; a leak of many forgotten tokens is the risk above it.
+API_TOKENS_LIVE_PER_USER = 20
+
+
+def api_token_default_expiry_days() -> int:
+    return max(1, knox_settings.TOKEN_TTL.days)
+
+
+@transaction.atomic
+def api_token_create(
+    *,
+    actor: User | None,
+    user: User,
+    expiry_days: int | None = None,
+    reauthenticated_at: datetime | None = None,
+) -> tuple[AuthToken, str]:
+    """Create a token for `user`; returns it and the key, which is never shown again.
+
+    From the web, `actor` is the user, who must have confirmed their identity in the last five minutes.
+    `actor=None` is an operator at the command line (`manage.py token_create`).
+    """
+    now = timezone.now()
+    if actor is not None:
+        if actor.pk != user.pk:
+            raise PermissionDenied("People create API tokens for themselves only.")
+        if reauthenticated_at is None or now - reauthenticated_at > REAUTH_WINDOW:
+            raise ValidationError(
+                "Confirm it is you (password or authenticator code) in the last 5 minutes, then create the token."
+            )
+    if not user.is_active or role_of(user) is None:
+        raise ValidationError(f"{user.email} is deactivated or has no role in an organisation; a token would not work.")
+    days = api_token_default_expiry_days() if expiry_days is None else expiry_days
+    if not 1 <= days <= API_TOKEN_EXPIRY_DAYS_MAX:
+        raise ValidationError({"expiry_days": f"A token lasts 1 to {API_TOKEN_EXPIRY_DAYS_MAX:,} days."})
+    live = AuthToken.objects.select_for_update().filter(user=user, expiry__gt=now)
+    if len(live) >= API_TOKENS_LIVE_PER_USER:
+        raise ValidationError(f"{user.email} has {API_TOKENS_LIVE_PER_USER} live tokens; revoke one you no longer use.")
+    token, key = AuthToken.objects.create(user=user, expiry=timedelta(days=days))
+    audit_record(
+        actor=actor,
+        action=events.API_TOKEN_CREATED,
+        target=user,
+        data={"token": token.token_key, "expires_at": token.expiry.isoformat(), "via": "web" if actor else "command"},
+    )
+    return token, key
+
+
+@transaction.atomic
+def api_token_revoke(*, actor: User, token: AuthToken) -> None:
+    """Revoke at once: the next request with the token is 401."""
+    if role_of(actor) is None or (token.user_id != actor.pk and not api_token_manageable(actor, token)):
+        raise PermissionDenied("Only the token's owner or an admin of their organisation can revoke it.")
+    audit_record(
+        actor=actor,
+        action=events.API_TOKEN_REVOKED,
+        target=token.user,
+        data={"token": token.token_key, "owner": token.user.email},
+    )
+    AuthToken.objects.filter(digest=token.digest).delete()

@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from accounts import tokens
+from accounts import selectors, services
 from accounts.permissions import REAUTH_WINDOW, role_of
 from accounts.views import reauthentication_links, recent_authentication
 
@@ -26,7 +26,7 @@ class TokenCreateForm(forms.Form):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
-        default = tokens.default_expiry_days()
+        default = services.api_token_default_expiry_days()
         choices = dict(self.fields["expiry_days"].choices)
         choices.setdefault(default, f"{default} days")
         self.fields["expiry_days"].choices = sorted(choices.items())
@@ -46,7 +46,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         if form.is_valid():
             try:
-                _token, new_key = tokens.api_token_create(
+                _token, new_key = services.api_token_create(
                     actor=request.user,
                     user=request.user,
                     expiry_days=form.cleaned_data["expiry_days"],
@@ -57,12 +57,12 @@ def token_list(request: HttpRequest) -> HttpResponse:
         if new_key is None:
             status = 400
     now = timezone.now()
-    own = list(tokens.api_token_list(user=request.user))
+    own = list(selectors.api_token_list(user=request.user))
     context = {
         "form": form,
         "new_key": new_key,
         "own_tokens": own,
-        "managed_tokens": list(tokens.api_token_managed_list(user=request.user)),
+        "managed_tokens": list(selectors.api_token_managed_list(user=request.user)),
         "now": now,
         "reauth_at": reauth_at,
         "reauth_method": reauth_method,
@@ -76,9 +76,9 @@ def token_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def token_revoke(request: HttpRequest, key: str) -> HttpResponse:
-    token = tokens.api_token_get(user=request.user, key=key)
+    token = selectors.api_token_get(user=request.user, key=key)
     owner = token.user
-    tokens.api_token_revoke(actor=request.user, token=token)
+    services.api_token_revoke(actor=request.user, token=token)
     whose = "Your token" if owner.pk == request.user.pk else f"{owner.email}'s token"
     messages.success(request, f"{whose} {key}… is revoked; requests with it are now refused.")
     return redirect("api_token_list")

@@ -80,7 +80,7 @@ def _seed() -> str:
     from django.utils import timezone
 
     from accounts.models import User
-    from accounts.tokens import api_token_create
+    from accounts.services import api_token_create
     from inference.models import GenerationJob
     from models_registry.models import AccessGrant
 

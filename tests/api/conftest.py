@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from rest_framework.test import APIClient
 
-from accounts import tokens
+from accounts import services as account_services
 from accounts.models import User
 from tests.inference.conftest import (  # noqa: F401  # noqa: F401
     active,
@@ -26,7 +26,7 @@ from tests.inference.conftest import (  # noqa: F401  # noqa: F401
 
 
 def token_for(user: User, **kwargs) -> str:
-    _token, key = tokens.api_token_create(actor=None, user=user, **kwargs)
+    _token, key = account_services.api_token_create(actor=None, user=user, **kwargs)
     return key
 
 

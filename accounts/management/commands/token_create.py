@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts import tokens
+from accounts import services as account_services
 from accounts.models import User
 
 
@@ -18,7 +18,7 @@ class Command(BaseCommand):
             "--expiry-days",
             type=int,
             default=None,
-            help=f"Days until it expires (1-{tokens.EXPIRY_DAYS_MAX}); default API_TOKEN_TTL_DAYS.",
+            help=f"Days until it expires (1-{account_services.API_TOKEN_EXPIRY_DAYS_MAX}); default API_TOKEN_TTL_DAYS.",
         )
 
     def handle(self, *args: object, email: str, expiry_days: int | None, **options: object) -> None:
@@ -26,7 +26,7 @@ class Command(BaseCommand):
         if user is None:
             raise CommandError(f"No user with the email {email}.")
         try:
-            token, key = tokens.api_token_create(actor=None, user=user, expiry_days=expiry_days)
+            token, key = account_services.api_token_create(actor=None, user=user, expiry_days=expiry_days)
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from None
         self.stderr.write(f"Token {token.token_key}… for {user.email}, expires {token.expiry:%Y-%m-%d %H:%M} UTC:")
