@@ -36,7 +36,7 @@ run: $(STAMP) system-deps-run
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo
 	@echo
-	@echo "ModelPact is starting at http://127.0.0.1:8000/  (web, worker and beat; Ctrl-C stops all three)"
+	@echo "ModelPact is starting at http://127.0.0.1:8000/  (web, GPU and CPU workers, beat; Ctrl-C stops them all)"
 	@echo
 	$(BIN)/honcho start -f Procfile.dev
 

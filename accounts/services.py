@@ -249,18 +249,27 @@ def membership_change_role(*, actor: User, membership: Membership, role: str) ->
 
 @transaction.atomic
 def user_set_active(*, actor: User, user: User, active: bool) -> User:
-    """Deactivate (signs the user out everywhere: no new logins) or reactivate a user."""
+    """Deactivate (signs the user out everywhere: no new logins) or reactivate a user.
+
+    Deactivating revokes the user's API tokens in the same transaction: an inactive user's token is
+    refused anyway, but reactivating must not bring old tokens back to life. Reactivating revokes any
+    left from before tokens were revoked this way; the user creates new ones.
+    """
     _require_manager_of(actor, user.membership.organization)
     if user.pk == actor.pk:
         raise ValidationError("You cannot deactivate yourself.")
     if user.is_active != active:
         user.is_active = active
         user.save(update_fields=["is_active"])
+        revoked = _api_tokens_revoke_all(
+            actor=actor, user=user, reason="user reactivated" if active else "user deactivated"
+        )
         audit_record(
             actor=actor,
             action=events.USER_REACTIVATED if active else events.USER_DEACTIVATED,
             target=user,
             organization=user.membership.organization,
+            data={"api_tokens_revoked": revoked} if revoked else None,
         )
     return user
 
@@ -325,6 +334,21 @@ def api_token_create(
         data={"token": token.token_key, "expires_at": token.expiry.isoformat(), "via": "web" if actor else "command"},
     )
     return token, key
+
+
+def _api_tokens_revoke_all(*, actor: User, user: User, reason: str) -> list[str]:
+    """Delete every token of `user`, one audited revocation each; returns their key prefixes."""
+    tokens = list(AuthToken.objects.select_for_update().filter(user=user).order_by("created"))
+    for token in tokens:
+        audit_record(
+            actor=actor,
+            action=events.API_TOKEN_REVOKED,
+            target=user,
+            organization=user.membership.organization,
+            data={"token": token.token_key, "owner": user.email, "reason": reason},
+        )
+    AuthToken.objects.filter(pk__in=[token.pk for token in tokens]).delete()
+    return [token.token_key for token in tokens]
 
 
 @transaction.atomic

@@ -10,6 +10,7 @@ from django import forms
 from django.db.models import QuerySet
 
 from agreements.models import Agreement, TemplateVersion
+from core.validators import clean_purpose
 from models_registry.models import Checkpoint
 
 
@@ -143,6 +144,13 @@ class AgreementForm(forms.Form):
         self.fields["checkpoints"].queryset = checkpoints
         if not amendment:
             del self.fields["replaces_amended"]
+
+    def clean_purpose(self) -> str:
+        # The rule the service applies too; checked here as well because only visible characters count.
+        try:
+            return clean_purpose(self.cleaned_data["purpose"])
+        except forms.ValidationError as exc:
+            raise forms.ValidationError(exc.message_dict["purpose"]) from None
 
     def service_kwargs(self) -> dict:
         data = dict(self.cleaned_data)

@@ -18,6 +18,7 @@ from agreements.selectors import AGREEMENT_MANAGERS, TEMPLATE_EDITORS, agreement
 from audit import events
 from audit import tasks as audit_tasks
 from audit.services import audit_record
+from core.validators import clean_purpose
 from models_registry.models import Checkpoint
 
 CONSENT_TEXT = (
@@ -187,11 +188,10 @@ def _validate_terms(
         errors["term_months"] = f"The term is a whole number of months from 1 to {MAX_TERM_MONTHS}."
     if not isinstance(daily_token_quota, int) or not 1 <= daily_token_quota <= MAX_DAILY_TOKEN_QUOTA:
         errors["daily_token_quota"] = f"The daily token quota is a whole number from 1 to {MAX_DAILY_TOKEN_QUOTA:,}."
-    purpose = (purpose or "").strip()
-    if len(purpose) < 20:
-        errors["purpose"] = "Describe the research purpose in at least 20 characters."
-    elif len(purpose) > 4000:
-        errors["purpose"] = "Keep the purpose under 4,000 characters."
+    try:
+        purpose = clean_purpose(purpose)
+    except ValidationError as exc:
+        errors.update({field: " ".join(messages) for field, messages in exc.message_dict.items()})
     if errors:
         raise ValidationError(errors)
     return {

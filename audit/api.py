@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from accounts.permissions import require_role
 from audit import events
-from audit.forms import UPLOAD_LIMIT
+from audit.forms import UPLOAD_LIMIT, upload_declared_too_large
 from audit.models import AuditEvent, SealedRecord
 from audit.selectors import AUDIT_READERS, audit_chain_verify, audit_event_list, record_verify
 from config.api import ApiError, ErrorSerializer
@@ -105,6 +105,21 @@ class AuditVerifyApi(APIView):
         return Response(ChainReportSerializer(audit_chain_verify()).data)
 
 
+class RecordUploadParser(MultiPartParser):
+    """Multipart, refusing a body too large to hold a record before reading it (413 too_large).
+
+    Here rather than in the view: whoever asks for the data first reads the body, and for a browser
+    session that is the CSRF check during authentication.
+    """
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+        if parser_context and upload_declared_too_large(parser_context["request"]):
+            raise ApiError(
+                status=413, code="too_large", message="Uploads are limited to 20 MB; records are never larger."
+            )
+        return super().parse(stream, media_type, parser_context)
+
+
 class RecordUploadSerializer(serializers.Serializer):
     file = serializers.FileField(help_text="A PDF, at most 20 MB.")
 
@@ -145,13 +160,9 @@ class VerdictSerializer(serializers.Serializer):
 class RecordVerifyApi(APIView):
     """A PDF in, the verdict out: is this an untouched sealed record of ours, and if not, why not."""
 
-    parser_classes = [MultiPartParser]
+    parser_classes = [RecordUploadParser]
 
     def post(self, request: Request) -> Response:
-        declared = request.META.get("CONTENT_LENGTH") or "0"
-        if declared.isdigit() and int(declared) > UPLOAD_LIMIT + 64 * 1024:
-            # Refuse before reading a body that is too large anyway.
-            raise ApiError(status=413, code="too_large", message="Uploads are limited to 20 MB.")
         upload = RecordUploadSerializer(data=request.data)
         upload.is_valid(raise_exception=True)
         result = record_verify(upload.validated_data["file"].read())

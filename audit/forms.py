@@ -1,4 +1,7 @@
+from __future__ import annotations
+
 from django import forms
+from django.http import HttpRequest
 
 from accounts.models import Organization
 from audit import events
@@ -52,6 +55,19 @@ class EvidenceBundleForm(forms.Form):
         )
 
 
+# For a body refused before it is read: only its declared size is known.
+UPLOAD_TOO_LARGE = "The file is over 20 MB; records are at most 20 MB, so this is not one of ours."
+# Headers and the multipart boundaries around the file: a body this much over the limit may still hold
+# a file within it.
+UPLOAD_ENVELOPE = 64 * 1024
+
+
+def upload_declared_too_large(request: HttpRequest) -> bool:
+    """Whether the request declares a body too large to hold a file within the limit (Content-Length)."""
+    declared = request.META.get("CONTENT_LENGTH") or "0"
+    return declared.isdigit() and int(declared) > UPLOAD_LIMIT + UPLOAD_ENVELOPE
+
+
 class RecordVerifyForm(forms.Form):
     file = forms.FileField(
         label="Record (PDF)",
@@ -66,3 +82,12 @@ class RecordVerifyForm(forms.Form):
                 f"The file is {upload.size / 1e6:.1f} MB; records are at most 20 MB, so this is not one of ours."
             )
         return upload
+
+    @classmethod
+    def refused(cls, message: str) -> RecordVerifyForm:
+        """The form shown again for an upload refused without reading it, the reason next to the file field."""
+        form = cls(data={}, files={})
+        form.full_clean()  # bound and empty: its errors are ours to set
+        form.errors.clear()
+        form.add_error("file", message)
+        return form

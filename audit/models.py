@@ -4,6 +4,12 @@ Each event's hash is SHA-256(prev_hash + canonical JSON of the event), so editin
 deleting, inserting or reordering a row breaks the chain from that row on. The
 chain's head (last seq and hash) is kept in its own table: a truncated tail
 leaves the head pointing past the last row.
+
+The database keeps the head, not the app: a trigger (migration 0004) refuses an event
+that does not extend the head and moves the head itself. On PostgreSQL the app's own
+role may only read and append these tables (`app_role_privileges`, applied by
+core.db_roles), and signed checkpoints of the head outside the database
+(audit.checkpoints) catch a history rewritten by someone who holds the database.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ class AuditEvent(models.Model):
     hash = models.CharField(max_length=64, unique=True)
 
     objects = AuditEventQuerySet.as_manager()
+    # What the app's PostgreSQL role may do with this table (core.db_roles grants exactly this).
+    app_role_privileges = ("SELECT", "INSERT")
 
     class Meta:
         ordering = ["-seq"]
@@ -90,11 +98,16 @@ class AuditEvent(models.Model):
 
 
 class ChainHead(models.Model):
-    """The last seq and hash of the chain: one row, locked while appending."""
+    """The last seq and hash of the chain: one row, moved only by the database's insert trigger.
+
+    The app reads it; it never writes it (its PostgreSQL role may not).
+    """
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     seq = models.BigIntegerField(default=0)
     hash = models.CharField(max_length=64, default=GENESIS_HASH)
+
+    app_role_privileges = ("SELECT",)
 
     class Meta:
         constraints = [models.CheckConstraint(condition=models.Q(id=1), name="single_chain_head")]

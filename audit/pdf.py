@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
@@ -41,8 +42,8 @@ PROGRESS_LOGGER.propagate = False
 from weasyprint import HTML, Attachment  # noqa: E402
 from weasyprint.urls import URLFetcher, URLFetcherResponse  # noqa: E402
 
-# Templates name our static files as modelpact-static:css/records.css; nothing else is fetched.
-STATIC_SCHEME = "modelpact-static"
+# Templates name our static files as mpstatic:css/records.css; nothing else is fetched.
+STATIC_SCHEME = "mpstatic"
 STATIC_SUFFIXES = {".css", ".ttf", ".otf", ".woff", ".woff2", ".png", ".jpg", ".jpeg"}
 STATIC_MAX_BYTES = 5 * 1024 * 1024
 MAX_VERIFY_BYTES = 20 * 1024 * 1024
@@ -70,7 +71,7 @@ class _Deadline(BaseException):
 
 
 class StaticOnlyFetcher(URLFetcher):
-    """Serves modelpact-static:<path> from STATICFILES_DIRS and refuses every other URL.
+    """Serves mpstatic:<path> from STATICFILES_DIRS and refuses every other URL.
 
     Refused URLs are kept in `refused` (and logged), so tests and callers can see what a document
     tried to reach. Files are read directly: nothing is opened through urllib, so no redirect,
@@ -369,20 +370,26 @@ class Sealed:
     timestamped: bool
 
 
+# Each request to the timestamp server (pyHanko makes two per seal: one to size the signature, one
+# for the token) gets this long before the seal fails, so a server that hangs cannot hold a worker.
+TSA_TIMEOUT = 20.0
+
+
+class TimestampFailed(RecordError):
+    pass
+
+
 def seal_pdf(pdf: bytes, *, reason: str, signer: Any = None) -> Sealed:
     """Seal with the lab's key: a certification signature that permits no later change (DocMDP 1).
 
+    With RECORDS_TSA_URL the signature also carries the timestamp server's token (PAdES B-T).
     `signer` is for tests that need a copy sealed with some other key.
     """
     from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
     from pyhanko.sign import fields, signers
 
     signer = signer or _signer()
-    timestamper = None
-    if settings.RECORDS_TSA_URL:
-        from pyhanko.sign.timestamps.requests_client import RequestsHTTPTimeStamper
-
-        timestamper = RequestsHTTPTimeStamper(settings.RECORDS_TSA_URL, timeout=10)
+    tsa_url = settings.RECORDS_TSA_URL
     meta = signers.PdfSignatureMetadata(
         field_name=SEAL_FIELD,
         subfilter=fields.SigSeedSubFilter.PADES,
@@ -391,7 +398,6 @@ def seal_pdf(pdf: bytes, *, reason: str, signer: Any = None) -> Sealed:
         certify=True,
         docmdp_permissions=fields.MDPPerm.NO_CHANGES,
     )
-    pdf_signer = signers.PdfSigner(meta, signer=signer, timestamper=timestamper)
     sealed_at = datetime.now(UTC)
 
     class KeepMetadataWriter(IncrementalPdfFileWriter):
@@ -401,18 +407,68 @@ def seal_pdf(pdf: bytes, *, reason: str, signer: Any = None) -> Sealed:
             pass
 
     async def sign() -> io.BytesIO:
-        return await pdf_signer.async_sign_pdf(KeepMetadataWriter(io.BytesIO(pdf)))
+        writer = KeepMetadataWriter(io.BytesIO(pdf))
+        if not tsa_url:
+            return await signers.PdfSigner(meta, signer=signer).async_sign_pdf(writer)
+        # aiohttp, not requests: it is what pyHanko itself depends on, so a production install has
+        # it. The HTTP client belongs to this event loop and is closed before the loop ends.
+        import aiohttp
+
+        async with aiohttp.ClientSession() as client:
+            timestamper = _timestamper(tsa_url, client)
+            return await signers.PdfSigner(meta, signer=signer, timestamper=timestamper).async_sign_pdf(writer)
 
     try:
         output = _run(sign)
+    except RecordError:
+        raise
     except Exception as exc:
         raise RecordError(f"Sealing failed: {exc}") from exc
     return Sealed(
         pdf=output.getvalue(),
         sealed_at=sealed_at,
         cert_sha256=signer.signing_cert.sha256.hex(),
-        timestamped=timestamper is not None,
+        timestamped=bool(tsa_url),
     )
+
+
+def _timestamper(url: str, client: Any) -> Any:
+    """pyHanko's aiohttp timestamp client, posting through `client`; its failures name the server."""
+    from pyhanko.sign.timestamps.aiohttp_client import HTTPTimeStamper
+
+    class RecordTimeStamper(HTTPTimeStamper):
+        async def async_timestamp(self, message_digest: bytes, md_algorithm: str) -> Any:
+            try:
+                return await super().async_timestamp(message_digest, md_algorithm)
+            except Exception as exc:
+                raise TimestampFailed(_timestamp_failure(url, exc)) from exc
+
+    return RecordTimeStamper(url, session=client, timeout=TSA_TIMEOUT)
+
+
+def _timestamp_failure(url: str, exc: BaseException) -> str:
+    """What went wrong with the timestamp server, for the record's error (no credentials shown)."""
+    import aiohttp
+    from pyhanko.sign.timestamps import TimestampRequestError
+
+    parts = urlsplit(url)
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="").geturl()
+    server = f"The timestamp server {shown} (RECORDS_TSA_URL)"
+    causes: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(causes) < 10:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for cause in causes:
+        if isinstance(cause, TimeoutError):
+            return f"{server} did not answer within {TSA_TIMEOUT:g} s; the record was not sealed."
+        if isinstance(cause, aiohttp.ContentTypeError):
+            return f"{server} did not answer with a timestamp ({_short(cause)}); the record was not sealed."
+        if isinstance(cause, aiohttp.ClientResponseError):
+            return f"{server} answered HTTP {cause.status} {cause.message}".rstrip() + "; the record was not sealed."
+        if isinstance(cause, aiohttp.ClientConnectionError | OSError) and not isinstance(cause, TimestampRequestError):
+            return f"{server} could not be reached ({_short(cause)}); the record was not sealed."
+    return f"{server} gave no usable timestamp ({_short(exc)}); the record was not sealed."
 
 
 # --- Checking a seal --------------------------------------------------------------------------

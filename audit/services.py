@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.text import slugify
@@ -34,6 +34,10 @@ def _normalise(data: dict[str, Any] | None) -> dict[str, Any]:
     return json.loads(json.dumps(data or {}, default=str))
 
 
+# Any constant will do, as long as nothing else takes the same advisory lock: "mp-audit" as an integer.
+AUDIT_APPEND_LOCK = int.from_bytes(b"mp-audit", "big")
+
+
 def audit_record(
     *,
     actor: Any | None,
@@ -45,8 +49,10 @@ def audit_record(
 ) -> AuditEvent:
     """Append one event to the chain, in the caller's transaction.
 
-    The head row is locked for the rest of the transaction, so concurrent writers
-    append one after the other and the chain never forks.
+    Appenders queue up for the rest of the transaction, so each reads the head its
+    predecessor committed. The database's insert trigger then checks that the event
+    extends the head and moves the head: the chain cannot fork, and the app never
+    writes the head itself.
     """
     if organization is None and target is not None:
         organization = _organization_of(target)
@@ -54,9 +60,10 @@ def audit_record(
         organization = actor.organization
     # No savepoint: an audit row stands or falls with the caller's transaction anyway.
     with transaction.atomic(savepoint=False):
-        head, _ = ChainHead.objects.select_for_update().get_or_create(pk=1)
+        _wait_for_other_appenders()
+        head_seq, head_hash = ChainHead.objects.filter(pk=1).values_list("seq", "hash").first() or (0, GENESIS_HASH)
         event = AuditEvent(
-            seq=head.seq + 1,
+            seq=head_seq + 1,
             created_at=timezone.now(),
             actor=actor if getattr(actor, "pk", None) else None,
             actor_email=getattr(actor, "email", "") or "",
@@ -67,13 +74,23 @@ def audit_record(
             target_repr=str(target)[:300] if target is not None else "",
             data=_normalise(data),
             ip=ip if ip is not None else current_ip.get(),
-            prev_hash=head.hash,
+            prev_hash=head_hash,
         )
         event.hash = event.compute_hash()
         event.save()
-        head.seq, head.hash = event.seq, event.hash
-        head.save(update_fields=["seq", "hash"])
     return event
+
+
+def _wait_for_other_appenders() -> None:
+    """Hold the append lock until this transaction ends.
+
+    PostgreSQL: an advisory lock, since SELECT ... FOR UPDATE on the head needs UPDATE
+    privilege, which the app's role does not have. SQLite: nothing to do, the IMMEDIATE
+    transaction already holds the database's only write lock.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_APPEND_LOCK])
 
 
 def _organization_of(target: models.Model) -> Any | None:

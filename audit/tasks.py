@@ -23,3 +23,14 @@ def run_record_export(record_id: int) -> str | None:
 
     record = record_export_run(record_id=record_id)
     return record.status if record else None
+
+
+@shared_task
+def chain_checkpoint_write() -> int | None:
+    """Hourly: sign the chain head and store it outside the database. Writes nothing when the head
+    has not moved, so a redelivered or doubled run is harmless. A chain that does not extend the
+    last checkpoint raises (and is logged by the worker): that is tampering, not something to retry."""
+    from audit.checkpoints import checkpoint_write
+
+    checkpoint = checkpoint_write()
+    return checkpoint.seq if checkpoint else None

@@ -2,7 +2,8 @@
 
 Self-contained: creates a PostgreSQL database (dropped at the end), migrates it, seeds the demo
 organisations, agreements and demo checkpoints into a temporary folder, flushes a Redis database,
-starts a real worker process (`celery -A config worker --pool solo`), warms it with one job, then
+starts a real worker process (`celery -A config worker --pool prefork --concurrency 1`, as in
+production), warms it with one job, then
 runs N sequential 64-token jobs, polling the job row every 10 ms. Each queued job is paired with an
 in-process engine.generate() of the same input, in the same run, interleaved so that load from other
 processes hits both alike. Prints one JSON object: p50/p95 both ways, their ratio (target <= 1.2),
@@ -125,6 +126,9 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=110, help="stop measuring after this long (min 10 jobs)")
     parser.add_argument("--pairs", type=int, default=6, help="back-to-back pairs for the idle-gap check")
     parser.add_argument("--attribution-jobs", type=int, default=8, help="in-process jobs timed per service call")
+    parser.add_argument(
+        "--pool", choices=["prefork", "solo", "threads"], default="prefork", help="worker pool (production: prefork)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the database and temp folder (debugging)")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -149,7 +153,7 @@ def main() -> None:
     os.environ.update(env)
     worker: subprocess.Popen | None = None
     worker_log = tmp / "worker.log"
-    out: dict = {"benchmark": "queue"}
+    out: dict = {"benchmark": "queue", "worker_pool": args.pool}
     phase = "setup"
     try:
         with stdout_to_stderr():
@@ -203,7 +207,8 @@ def main() -> None:
             phase = "worker"
             worker = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "config", "worker", "--queues", "default,gpu",
-                 "--pool", "solo", "--hostname", "bench@%h", "--loglevel", "WARNING"],
+                 "--pool", args.pool, *(["--concurrency", "1"] if args.pool == "prefork" else []),
+                 "--hostname", "bench@%h", "--loglevel", "WARNING"],
                 cwd=_ROOT, env={**os.environ}, stdout=worker_log.open("w"), stderr=subprocess.STDOUT,
             )  # fmt: skip
 

@@ -10,14 +10,24 @@ module must not import rest_framework.views or generics at the top (the schema c
 
 from __future__ import annotations
 
+import codecs
 import logging
 import math
+import re
 from datetime import UTC, date, datetime, time, timedelta
 from hmac import compare_digest
 from typing import Any
 
 import django_filters
+from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import (
+    BadRequest,
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, JsonResponse
@@ -29,11 +39,12 @@ from knox.auth import TokenAuthentication as KnoxTokenAuthentication
 from knox.crypto import hash_token
 from knox.models import AuthToken
 from knox.settings import CONSTANTS
-from rest_framework import exceptions, serializers
+from rest_framework import exceptions, parsers, serializers
 from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
+from rest_framework.utils import json as drf_json
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +146,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.NotFound("Not found: it does not exist, or it is not yours to see.")
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied(str(exc) or "Your role does not allow this.")
+    elif isinstance(exc, (SuspiciousOperation, BadRequest)):
+        # Django's refusals of the request itself, raised wherever the body is first read: by the
+        # parser, or by the CSRF check of session authentication, which reads request.POST.
+        exc = request_refused_error(exc)
 
     if not isinstance(exc, exceptions.APIException):
         # A bug. Log it with its traceback; the client still gets the one error shape.
@@ -168,6 +183,28 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return Response(body, status=exc.status_code, headers=headers)
 
 
+def request_refused_error(exc: Exception) -> ApiError:
+    """413 for a body over Django's size limit, 400 for other requests Django refuses to read."""
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return ApiError(
+            status=413,
+            code="request_too_large",
+            message=f"The request body is over the limit of {limit / 2**20:.3g} MB ({limit:,} bytes); send less.",
+            details={"limit_bytes": limit},
+        )
+    if isinstance(exc, TooManyFieldsSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        message = f"The request has more than {limit:,} form fields; send fewer."
+        return ApiError(status=400, code="malformed_request", message=message, details={"limit_fields": limit})
+    if isinstance(exc, TooManyFilesSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FILES
+        message = f"The request has more than {limit:,} files; send fewer."
+        return ApiError(status=400, code="malformed_request", message=message, details={"limit_files": limit})
+    message = "The request could not be read; check its headers and how its body is encoded."
+    return ApiError(status=400, code="malformed_request", message=message)
+
+
 def access_refused_error(refused: Any) -> ApiError:
     """The choke point's refusal: 429 quota_exceeded (with when it resets) or 403 access_denied."""
     from models_registry.selectors import quota_reset_at
@@ -199,6 +236,78 @@ def not_found(request: HttpRequest) -> JsonResponse:
         if resolved is not None and resolved.func is not not_found:
             message += f" Did you mean {request.path}/ (with the trailing slash)?"
     return JsonResponse(error_body("not_found", message), status=404)
+
+
+# --- Parsing and fields ---------------------------------------------------------------------------
+
+JSON_MAX_DEPTH = 32
+# A JSON string (escapes included), for skipping strings while counting brackets.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def json_too_deep(text: str, limit: int = JSON_MAX_DEPTH) -> bool:
+    """Whether arrays and objects nest more than `limit` levels deep in a JSON text, told without
+    parsing it. Brackets inside strings do not count; on text that is not JSON the answer may be
+    wrong, and the parser refuses that text anyway."""
+    if text.count("[") + text.count("{") <= limit:
+        return False  # most bodies: too few brackets to nest that deep
+    depth = 0
+    for char in _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if char in "[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser, refusing nesting deeper than 32 levels with 400 malformed_request.
+
+    Checked before json.loads runs: Python's parser recurses per level (2,000 levels raised
+    RecursionError, a 500), and so would the serializers walking what it returned. No request to
+    this API nests more than a few levels.
+    """
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        try:
+            text = codecs.decode(stream.read(), encoding)
+            if json_too_deep(text):
+                raise exceptions.ParseError(
+                    f"JSON parse error - arrays or objects nest more than {JSON_MAX_DEPTH} levels deep; "
+                    "no request to this API needs that many."
+                )
+            return drf_json.loads(text, parse_constant=drf_json.strict_constant if self.strict else None)
+        except ValueError as exc:  # not JSON, or not text in the declared encoding
+            raise exceptions.ParseError(f"JSON parse error - {exc}") from None
+        except RecursionError:  # the depth check makes this unreachable; a 400 all the same
+            raise exceptions.ParseError("JSON parse error - arrays or objects nest too deeply.") from None
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that takes only strings: DRF's turns 5 into "5" and 1.5 into "1.5"; this one refuses
+    them, so a client that sends a number where text belongs learns of it."""
+
+    default_error_messages = {"not_a_string": "Must be a string (text in double quotes), not {kind}."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("not_a_string", kind=_json_kind(data))
+        return super().to_internal_value(data)
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 class TokenAuthentication(KnoxTokenAuthentication):

@@ -1,7 +1,7 @@
 """The partner REST API (v1), its OpenAPI schema and its docs. Included at /api/ by config/urls.py."""
 
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from agreements.api import AgreementDetailApi, AgreementListApi, AgreementPdfApi
 from audit.api import AuditEventListApi, AuditVerifyApi, RecordVerifyApi
@@ -30,6 +30,11 @@ v1 = [
 urlpatterns = [
     path("v1/", include(v1)),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    # The split view serves Swagger UI's start-up script from its own URL (?script): no inline script.
+    path(
+        "docs/",
+        SpectacularSwaggerSplitView.as_view(url_name="api:schema", template_name="api/swagger_ui.html"),
+        name="docs",
+    ),
     re_path(r"^[\s\S]*$", not_found, name="not-found"),  # any path, newlines included
 ]

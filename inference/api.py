@@ -2,6 +2,8 @@
 
 POST /api/v1/jobs/ answers 202 Accepted with the job, always: for a new job, and for a retry with the
 same Idempotency-Key and body, which returns the job that key made (then `Idempotent-Replayed: true`).
+When the queue (the broker) cannot be reached, the job is saved all the same and answered with
+`dispatch_delayed: true` and `Dispatch-Delayed: true`: the sweeper sends it once the queue is back.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from rest_framework.views import APIView
 
 from accounts.models import PARTNER_ROLES
 from agreements.models import Agreement
-from config.api import ApiError, CreatedRangeFilterSet, ErrorSerializer, RoleRequired, utc_iso
+from config.api import ApiError, CreatedRangeFilterSet, ErrorSerializer, RoleRequired, StrictCharField, utc_iso
 from inference import selectors, services
 from inference.models import GenerationJob, Sample
 from inference.services import LIMITS, JobParams
@@ -155,6 +157,13 @@ def job_summary(row: dict[str, Any]) -> dict[str, Any]:
 class JobSerializer(JobSummarySerializer):
     """One job in full: what was asked for and what came of it."""
 
+    dispatch_delayed = serializers.SerializerMethodField(
+        help_text=(
+            "True while the job is saved and queued but could not yet be handed to the workers (the queue was "
+            "unreachable): it is sent again automatically within minutes. Do not submit it again."
+        )
+    )
+
     class Meta(JobSummarySerializer.Meta):
         fields = [
             *JobSummarySerializer.Meta.fields,
@@ -168,7 +177,11 @@ class JobSerializer(JobSummarySerializer):
             "started_at",
             "prompt_tokens",
             "device",
+            "dispatch_delayed",
         ]
+
+    def get_dispatch_delayed(self, job: GenerationJob) -> bool:
+        return selectors.job_dispatch_delayed(job)
 
     def to_representation(self, job: GenerationJob) -> dict[str, Any]:
         return serializers.ModelSerializer.to_representation(self, job)  # one job: the generic path
@@ -200,8 +213,8 @@ class JobDetailSerializer(JobSerializer):
 class JobCreateSerializer(serializers.Serializer):
     """Checked here for a quick answer and again in the service, which is the authority."""
 
-    checkpoint = serializers.CharField(max_length=64, help_text="A checkpoint slug, e.g. gpt2.")
-    prompt = serializers.CharField(max_length=LIMITS["prompt_chars"], trim_whitespace=False)
+    checkpoint = StrictCharField(max_length=64, help_text="A checkpoint slug, e.g. gpt2.")
+    prompt = StrictCharField(max_length=LIMITS["prompt_chars"], trim_whitespace=False)
     max_new_tokens = serializers.IntegerField(
         min_value=LIMITS["max_new_tokens"][0], max_value=LIMITS["max_new_tokens"][1], default=64
     )
@@ -285,11 +298,18 @@ class JobListCreateApi(generics.ListAPIView):
         request=JobCreateSerializer,
         parameters=[IDEMPOTENCY_KEY_HEADER],
         responses={
-            202: OpenApiResponse(JobSerializer, description="Queued (or the job this Idempotency-Key made)."),
+            202: OpenApiResponse(
+                JobSerializer,
+                description=(
+                    "Queued (or the job this Idempotency-Key made). With dispatch_delayed true (and the header "
+                    "Dispatch-Delayed: true) the job is saved but waits for the queue to be reachable again."
+                ),
+            ),
             403: OpenApiResponse(ErrorSerializer, description="access_denied: the message names what is missing."),
             409: OpenApiResponse(
                 ErrorSerializer, description="idempotency_conflict: the key was used for another body."
             ),
+            413: OpenApiResponse(ErrorSerializer, description="request_too_large: the body is over 2.5 MB."),
             429: OpenApiResponse(
                 ErrorSerializer,
                 description="quota_exceeded (details.resets_at, UTC) or throttled (Retry-After).",
@@ -314,6 +334,9 @@ class JobListCreateApi(generics.ListAPIView):
         replayed = job.created_at < started
         job = selectors.job_get(user=request.user, pk=job.pk)
         headers = {"Location": f"{request.path}{job.pk}/", "Idempotent-Replayed": "true" if replayed else "false"}
+        if selectors.job_dispatch_delayed(job):
+            # Saved, but the queue was unreachable: the job is real, and a retry returns it, not a second one.
+            headers["Dispatch-Delayed"] = "true"
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED, headers=headers)
 
 

@@ -66,6 +66,11 @@ def job_can_cancel(*, user: User, job: GenerationJob) -> bool:
     )
 
 
+def job_dispatch_delayed(job: GenerationJob) -> bool:
+    """Queued, but its message never reached the broker (it was down): the sweeper sends it again."""
+    return job.status == GenerationJob.Status.QUEUED and job.last_enqueued_at is None
+
+
 def job_queue_position(job: GenerationJob) -> int | None:
     """1 for the next job its queue will start; None unless queued.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -12,15 +13,20 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 
 from accounts.models import PARTNER_ROLES, User
 from accounts.permissions import require_role
 from audit import events
 from audit.services import audit_record
 from inference.models import GenerationJob, Sample
+from inference.tokens import count_prompt_tokens
 from models_registry.models import AccessGrant, Checkpoint
 from models_registry.selectors import AccessDecision, access_check
 from models_registry.services import access_refusal_record
+
+logger = logging.getLogger(__name__)
 
 LIMITS = {
     "prompt_chars": 4000,
@@ -87,9 +93,7 @@ def validate_params(params: JobParams, checkpoint: Checkpoint) -> int:
         raise ValidationError(errors)
     if not checkpoint.has_weights:
         raise ValidationError({"checkpoint": f"{checkpoint.slug} has no weights registered yet; ask the lab."})
-    from inference import engine
-
-    prompt_tokens = engine.count_prompt_tokens(checkpoint.weights_path, params.prompt)
+    prompt_tokens = count_prompt_tokens(checkpoint.weights_path, params.prompt)
     context = checkpoint.context_length
     if prompt_tokens + params.max_new_tokens > context:
         raise ValidationError(
@@ -205,11 +209,45 @@ def queue_for(checkpoint_slug: str) -> str:
     return settings.INFERENCE_CHECKPOINT_QUEUES.get(checkpoint_slug, settings.INFERENCE_DEFAULT_QUEUE)
 
 
+# What sending to a broker that is down or unreachable raises: kombu wraps the transport's errors in
+# OperationalError; the others are the same failures where they escape that wrapping.
+BROKER_ERRORS: tuple[type[Exception], ...] = (KombuOperationalError, RedisError, OSError)
+
+
 def enqueue_job(job: GenerationJob) -> None:
+    """Send the job to its queue once the transaction commits; a broker that is down fails nothing.
+
+    The job row is committed by then and the database is the truth: if the message cannot be sent,
+    the failure is logged and the job's `last_enqueued_at` is cleared, which marks it as never sent
+    (selectors.job_dispatch_delayed) and has the next sweep (jobs_sweep) send it again. The request
+    that submitted it still answers with the job, so a client does not submit it twice.
+    """
+    queue = queue_for(job.checkpoint.slug)
+    transaction.on_commit(lambda: _send_job(job, queue))
+
+
+def _send_job(job: GenerationJob, queue: str) -> None:
     from inference.tasks import run_job
 
-    queue = queue_for(job.checkpoint.slug)
-    transaction.on_commit(lambda: run_job.apply_async(args=[job.pk], queue=queue))
+    try:
+        # Publishing retries as CELERY_TASK_PUBLISH_RETRY_POLICY says: once, at once, not for seconds.
+        # The sender's limits travel in the message and the worker applies them: generation has its
+        # own, apart from the CPU worker's tasks (records, email).
+        run_job.apply_async(
+            args=[job.pk],
+            queue=queue,
+            soft_time_limit=settings.INFERENCE_SOFT_TIME_LIMIT,
+            time_limit=settings.INFERENCE_TIME_LIMIT,
+        )
+    except BROKER_ERRORS as exc:
+        logger.warning(
+            "Job #%s is saved but could not be sent to queue %s (%s: %s); the sweeper sends it again.",
+            job.pk, queue, type(exc).__name__, exc,
+        )  # fmt: skip
+        GenerationJob.objects.filter(
+            pk=job.pk, status=GenerationJob.Status.QUEUED, last_enqueued_at=job.last_enqueued_at
+        ).update(last_enqueued_at=None)
+        job.last_enqueued_at = None
 
 
 @transaction.atomic
@@ -454,12 +492,14 @@ def jobs_sweep(*, now=None) -> dict[str, list[int]]:
             )  # fmt: skip
             enqueue_job(row)
             requeued.append(row.pk)
+    # Queued jobs whose message was lost (sent long ago, never claimed) or never sent at all (the
+    # broker was down when they were submitted: last_enqueued_at is cleared then).
     stale = now - timedelta(seconds=settings.INFERENCE_REQUEUE_AFTER_SECONDS)
-    for job in GenerationJob.objects.filter(status=GenerationJob.Status.QUEUED, last_enqueued_at__lt=stale):
+    unsent = Q(last_enqueued_at__lt=stale) | Q(last_enqueued_at__isnull=True)
+    for job in GenerationJob.objects.filter(unsent, status=GenerationJob.Status.QUEUED).select_related("checkpoint"):
         with transaction.atomic():
-            if GenerationJob.objects.filter(pk=job.pk, status="queued", last_enqueued_at__lt=stale).update(
-                last_enqueued_at=now
-            ):
+            if GenerationJob.objects.filter(unsent, pk=job.pk, status="queued").update(last_enqueued_at=now):
+                job.last_enqueued_at = now
                 enqueue_job(job)
                 resent.append(job.pk)
     return {"requeued": requeued, "failed": failed, "resent": resent}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 
 from celery import shared_task
@@ -15,9 +16,35 @@ from django.utils import timezone
 logger = logging.getLogger(__name__)
 
 
+def _generation_queues() -> set[str]:
+    return {settings.INFERENCE_DEFAULT_QUEUE, *settings.INFERENCE_CHECKPOINT_QUEUES.values()}
+
+
+def _serves_generation(sender: object) -> bool:
+    """Whether this worker consumes a generation queue; the CPU worker (`default`) never loads torch."""
+    from config.celery import app
+
+    consumed = set(app.amqp.queues.consume_from or app.amqp.queues)
+    return bool(consumed & _generation_queues())
+
+
 @worker_init.connect
+def _prepare_main_process(sender: object = None, **kwargs: object) -> None:
+    # A prefork pool generates in its child processes (worker_process_init below); loading torch in
+    # the parent too would only double the memory. Solo and thread pools generate in this process.
+    pool = getattr(sender, "pool_cls", None)
+    forks = "prefork" in f"{getattr(pool, '__module__', '')}.{getattr(pool, '__name__', pool)}"
+    if not forks and _serves_generation(sender):
+        prepare_generation()
+
+
 @worker_process_init.connect
-def prepare_generation(**kwargs: object) -> None:
+def _prepare_pool_process(sender: object = None, **kwargs: object) -> None:
+    if _serves_generation(sender):
+        prepare_generation()
+
+
+def prepare_generation() -> None:
     """Pin torch's CPU threads and import the engine when a worker starts, not in the first job.
 
     On a shared CPU, torch's default of one thread per core made every decoding step many times
@@ -30,6 +57,7 @@ def prepare_generation(**kwargs: object) -> None:
         # Settable once per process; a forked pool child inherits its parent's setting.
         with contextlib.suppress(RuntimeError):
             engine.torch.set_num_interop_threads(1)
+    logger.info("Generation ready in process %d: torch %d thread(s)", os.getpid(), engine.torch.get_num_threads())
 
 
 @shared_task(bind=True, ignore_result=True)

@@ -80,7 +80,14 @@ def job_create(request: HttpRequest) -> HttpResponse:
         except ValidationError as exc:
             apply_validation_error(form, exc)
         else:
-            messages.success(request, f"Job #{job.pk} queued on {job.checkpoint.slug}.")
+            if selectors.job_dispatch_delayed(job):
+                messages.warning(
+                    request,
+                    f"Job #{job.pk} is saved and queued on {job.checkpoint.slug}, but the workers' queue cannot be "
+                    "reached just now; it starts once the queue is back, within minutes. No need to submit it again.",
+                )
+            else:
+                messages.success(request, f"Job #{job.pk} queued on {job.checkpoint.slug}.")
             return redirect("job_detail", pk=job.pk)
     if form.errors:
         status = 400

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import django_filters
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -15,7 +16,8 @@ from rest_framework.response import Response
 from accounts.models import PARTNER_ROLES
 from accounts.permissions import role_of
 from agreements.models import Agreement
-from config.api import CreatedRangeFilterSet, RoleRequired
+from config.api import CreatedRangeFilterSet, ErrorSerializer, RoleRequired, StrictCharField
+from core.validators import PURPOSE_MAX_CHARS, clean_purpose
 from models_registry import selectors, services
 from models_registry.models import AccessGrant, AccessRequest, Checkpoint
 
@@ -122,9 +124,17 @@ class AccessRequestSerializer(serializers.ModelSerializer):
 
 class AccessRequestCreateSerializer(serializers.Serializer):
     checkpoints = serializers.ListField(
-        child=serializers.CharField(max_length=64), min_length=1, max_length=8, help_text="Checkpoint slugs."
+        child=StrictCharField(max_length=64), min_length=1, max_length=8, help_text="Checkpoint slugs."
     )
-    purpose = serializers.CharField(max_length=4000, help_text="The research purpose, at least 20 characters.")
+    purpose = StrictCharField(
+        max_length=PURPOSE_MAX_CHARS, help_text="The research purpose, at least 20 visible characters."
+    )
+
+    def validate_purpose(self, purpose: str) -> str:
+        try:
+            return clean_purpose(purpose)
+        except ValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict["purpose"]) from None
 
     def validate_checkpoints(self, slugs: list[str]) -> list[Checkpoint]:
         found = {c.slug: c for c in Checkpoint.objects.filter(slug__in=set(slugs))}
@@ -204,7 +214,13 @@ class AccessRequestListCreateApi(generics.ListAPIView):
     def get_queryset(self) -> QuerySet[AccessRequest]:
         return selectors.access_request_list(user=self.request.user)
 
-    @extend_schema(request=AccessRequestCreateSerializer, responses={201: AccessRequestSerializer})
+    @extend_schema(
+        request=AccessRequestCreateSerializer,
+        responses={
+            201: AccessRequestSerializer,
+            413: OpenApiResponse(ErrorSerializer, description="request_too_large: the body is over 2.5 MB."),
+        },
+    )
     def post(self, request: Request) -> Response:
         """Ask for access to checkpoints for a stated purpose; legal reviews it."""
         serializer = AccessRequestCreateSerializer(data=request.data)

@@ -1,5 +1,6 @@
 from django import forms
 
+from core.validators import PURPOSE_MAX_CHARS, PURPOSE_MIN_CHARS, clean_purpose
 from models_registry.models import Checkpoint
 
 
@@ -20,8 +21,8 @@ class AccessRequestForm(forms.Form):
     )
     purpose = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 6}),
-        min_length=20,
-        max_length=4000,
+        min_length=PURPOSE_MIN_CHARS,
+        max_length=PURPOSE_MAX_CHARS,
         strip=True,
         help_text="What you will use the checkpoints for, in 20 to 4,000 characters. Legal at the lab reads this "
         "and it becomes the purpose in your agreement.",
@@ -31,6 +32,13 @@ class AccessRequestForm(forms.Form):
             "max_length": "Keep the purpose to 4,000 characters (it has %(show_value)d).",
         },
     )
+
+    def clean_purpose(self) -> str:
+        # The service's rule, for a message next to the field: the 20 characters must be visible ones.
+        try:
+            return clean_purpose(self.cleaned_data["purpose"])
+        except forms.ValidationError as exc:
+            raise forms.ValidationError(exc.message_dict["purpose"]) from None
 
 
 class RejectForm(forms.Form):

@@ -17,6 +17,7 @@ from accounts.permissions import require_role
 from audit import events
 from audit.models import AuditEvent
 from audit.services import audit_record
+from core.validators import clean_purpose
 from inference.models import GenerationJob
 from models_registry.models import AccessGrant, AccessRequest, Checkpoint
 from models_registry.selectors import REQUEST_REVIEWERS, AccessDecision
@@ -401,23 +402,19 @@ def checkpoint_withdraw(*, actor: User, checkpoint: Checkpoint, reason: str) -> 
 # --- Access requests -----------------------------------------------------------------------------
 
 
-def _clean_purpose(purpose: str) -> str:
-    purpose = (purpose or "").strip()
-    if len(purpose) < 20:
-        raise ValidationError({"purpose": "Describe the research purpose in at least 20 characters."})
-    if len(purpose) > 4000:
-        raise ValidationError({"purpose": f"Keep the purpose to 4,000 characters (it has {len(purpose):,})."})
-    return purpose
-
-
 @transaction.atomic
 def access_request_create(*, actor: User, checkpoints: list[Checkpoint], purpose: str) -> AccessRequest:
-    """A partner user asks for access to one or more checkpoints, for a stated purpose."""
+    """A partner user asks for access to one or more checkpoints, for a stated purpose.
+
+    A checkpoint is pending at most once per organisation: the organisation's row is locked while
+    its pending requests are checked, so of two requests sent at once the second waits for the
+    first, then sees it and is refused with its number.
+    """
     require_role(actor, *PARTNER_ROLES)
-    organization = actor.membership.organization
+    organization = Organization.objects.select_for_update().get(pk=actor.membership.organization_id)
     errors: dict[str, list[str]] = {}
     try:
-        purpose = _clean_purpose(purpose)
+        purpose = clean_purpose(purpose)
     except ValidationError as exc:
         errors.update(exc.message_dict)
     checkpoints = sorted(set(checkpoints), key=lambda c: c.parameter_count)

@@ -577,7 +577,7 @@ def test_signing_page_shows_document_hash_consent_and_asks_to_reauthenticate_whe
     page = text_of(client.get(url))
     assert sent.document_sha256 in page and escape(services.CONSENT_TEXT) in page
     assert f'name="document_sha256" value="{sent.document_sha256}"' in page
-    assert "Intl.DateTimeFormat().resolvedOptions().timeZone" in page
+    assert "js/sign.js" in page and 'data-time-zone-field="id_time_zone"' in page  # the browser fills it in
     assert "Confirmed" in page  # signed in a moment ago
 
     with time_machine.travel(timezone.now() + timedelta(minutes=6)):
@@ -688,3 +688,12 @@ def test_partner_home_lists_their_agreements(client, researcher_a, active):
     client.force_login(researcher_a)
     home = text_of(client.get(reverse("home")))
     assert active.reference in home and ">Active<" in home
+
+
+def test_a_purpose_of_invisible_characters_is_refused_next_to_the_field(client, legal, partner_a, published_version):
+    client.force_login(legal)
+    terms = agreement_terms(partner_a, published_version, purpose="\u200b" * 25 + "Study")
+    response = client.post(reverse("agreement_create"), terms)
+    assert response.status_code == 400
+    assert "Describe the research purpose in at least 20 characters. It has 5 visible characters." in text_of(response)
+    assert not Agreement.objects.exists()

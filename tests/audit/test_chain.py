@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import threading
 
@@ -16,6 +17,7 @@ from audit.selectors import audit_chain_verify
 from audit.services import audit_record
 
 pytestmark = pytest.mark.django_db
+CHAIN_TRIGGER = importlib.import_module("audit.migrations.0004_chain_head_maintained_by_the_database")
 
 
 @pytest.fixture
@@ -27,14 +29,19 @@ def chain(lab_admin, partner_a, partner_b) -> list[AuditEvent]:
 
 
 def behind_the_apps_back(sql: str, params: list | None = None) -> None:
-    """Change the table directly, as someone with database access could (the trigger switched off)."""
+    """Change the table directly, as someone with database access could (the triggers switched off)."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             # A superuser can switch triggers off for the session: what an insider would do.
             cursor.execute("SET session_replication_role = replica")
+        else:
+            # SQLite cannot switch a trigger off; whoever holds the file drops it and puts it back.
+            cursor.execute(CHAIN_TRIGGER.SQLITE_DROP_SQL)
         cursor.execute(sql, params or [])
         if connection.vendor == "postgresql":
             cursor.execute("SET session_replication_role = DEFAULT")
+        else:
+            cursor.execute(CHAIN_TRIGGER.SQLITE_TRIGGER_SQL)
 
 
 def verify_fails_at(seq: int) -> str:

@@ -93,7 +93,7 @@ def hostile_html(secret_file: str, server_url: str) -> tuple[str, list[str]]:
         f"{STATIC}css/records.css?x=1",
     ]
     html = f"""<!DOCTYPE html><html><head><title>hostile</title>
-    <link rel="stylesheet" href="modelpact-static:css/records.css">
+    <link rel="stylesheet" href="mpstatic:css/records.css">
     <link rel="stylesheet" href="http://127.0.0.1:6379/">
     <link rel="stylesheet" href="{server_url}/style.css">
     <style>
@@ -115,7 +115,7 @@ def hostile_html(secret_file: str, server_url: str) -> tuple[str, list[str]]:
     return html, urls
 
 
-STATIC = "modelpact-static:"
+STATIC = "mpstatic:"
 
 
 def test_nothing_but_our_static_files_is_fetched(settings, secret_file, server):
@@ -126,8 +126,8 @@ def test_nothing_but_our_static_files_is_fetched(settings, secret_file, server):
     missing = [url for url in urls if url[:300] not in refused]  # refusals are kept to 300 characters
     assert not missing, f"not refused: {missing}"
     assert server["hits"] == [], "the renderer reached the network"
-    assert all(url.startswith(("modelpact-static:css/", "modelpact-static:fonts/")) for url in rendered.served)
-    assert "modelpact-static:css/records.css" in rendered.served
+    assert all(url.startswith(("mpstatic:css/", "mpstatic:fonts/")) for url in rendered.served)
+    assert "mpstatic:css/records.css" in rendered.served
     everything = every_stream(rendered.pdf)
     assert SENTINEL.encode() not in everything
     assert b"root:x:0:0" not in everything

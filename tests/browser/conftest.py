@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Playwright, expect, sync_playwright
 
 from tests.conftest import PASSWORD
 
@@ -80,8 +80,33 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
     browser.close()
 
 
+@pytest.fixture(autouse=True)
+def csp_violations(browser: Browser, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Fails the test when Chromium reports a Content-Security-Policy violation on any page it opened.
+
+    Chromium logs each refused inline script or style (and each refused URL) to the console. Every
+    context the test opens, the `page` fixture's and any a test opens itself, reports here.
+    """
+    violations: list[str] = []
+    new_context = browser.new_context
+
+    def new_reporting_context(*args, **kwargs) -> BrowserContext:
+        context = new_context(*args, **kwargs)
+
+        def note(message: ConsoleMessage) -> None:
+            if "Content Security Policy" in message.text:
+                violations.append(f"{message.page.url if message.page else '?'}: {message.text}")
+
+        context.on("console", note)
+        return context
+
+    monkeypatch.setattr(browser, "new_context", new_reporting_context)
+    yield violations
+    assert not violations, "Content-Security-Policy violations:\n" + "\n".join(violations)
+
+
 @pytest.fixture
-def page(browser: Browser, live_server) -> Iterator[Page]:
+def page(browser: Browser, live_server, csp_violations: list[str]) -> Iterator[Page]:
     """A fresh browser context per test: no cookies or session leak from one test to the next.
 
     Requesting live_server also makes the test use a transactional database, so the server thread

@@ -67,3 +67,22 @@ def test_production_values_pass_check_deploy_without_a_warning(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "WARNINGS" not in result.stderr + result.stdout
     assert "no issues" in result.stdout
+
+
+def test_check_deploy_fails_without_a_shared_cache_naming_the_login_lock(tmp_path):
+    without_redis = {k: v for k, v in PRODUCTION.items() if k != "REDIS_URL"}
+    result = manage("check", "--deploy", tmp_path=tmp_path, **without_redis)
+    assert result.returncode != 0
+    assert "REDIS_URL" in result.stderr and "sign-in lock" in result.stderr
+
+
+def test_seed_demo_refuses_with_debug_off_unless_told_what_it_does(tmp_path):
+    env = {"DEBUG": "false", "SECRET_KEY": PRODUCTION["SECRET_KEY"], "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"}
+    manage("migrate", "--noinput", "-v0", tmp_path=tmp_path, **env)
+    refused = manage("seed_demo", tmp_path=tmp_path, **env)
+    assert refused.returncode != 0
+    assert "DEBUG off" in refused.stderr and "--create-demo-logins-with-debug-off" in refused.stderr
+    users = manage(
+        "shell", "-c", "from accounts.models import User; print(User.objects.count())", tmp_path=tmp_path, **env
+    )
+    assert users.stdout.strip().splitlines()[-1] == "0", "nothing was created"

@@ -232,11 +232,13 @@ def test_a_checkpoint_routed_to_its_own_queue_is_sent_there(
     researcher_a, active, gpt2, settings, monkeypatch, django_capture_on_commit_callbacks
 ):
     settings.INFERENCE_CHECKPOINT_QUEUES = {"gpt2": "gpu-small"}
+    settings.INFERENCE_SOFT_TIME_LIMIT, settings.INFERENCE_TIME_LIMIT = 30, 40
     sent = []
-    monkeypatch.setattr(tasks.run_job, "apply_async", lambda args, queue: sent.append((args, queue)))
+    monkeypatch.setattr(tasks.run_job, "apply_async", lambda args, queue, **limits: sent.append((args, queue, limits)))
     with django_capture_on_commit_callbacks(execute=True):
         job = submit(researcher_a, gpt2)
-    assert sent == [([job.pk], "gpu-small")]
+    # The generation time limits travel with the message: the GPU worker enforces what the sender says.
+    assert sent == [([job.pk], "gpu-small", {"soft_time_limit": 30, "time_limit": 40})]
     assert services.queue_for("gpt2-medium") == "gpu"  # unrouted checkpoints use the default queue
 
 

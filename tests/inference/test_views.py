@@ -20,6 +20,7 @@ from agreements import services as agreements
 from audit.models import AuditEvent
 from inference import services, tasks
 from inference.models import GenerationJob
+from tests.api.test_bad_input import broker_down  # noqa: F401  # a fixture
 from tests.inference.test_services import params
 
 pytestmark = pytest.mark.django_db
@@ -250,7 +251,7 @@ def test_a_running_job_shows_tokens_so_far_of_expected(client, researcher_a, act
     client.force_login(researcher_a)
     live = text(client.get(reverse("job_live", args=[job.pk])))
     assert 'role="progressbar"' in live and 'aria-valuenow="32"' in live and 'aria-valuemax="128"' in live
-    assert "<strong>32</strong> of 128 tokens (25%)" in live and 'style="width: 25%"' in live
+    assert "<strong>32</strong> of 128 tokens (25%)" in live and 'class="pct-25"' in live
     assert 'hx-trigger="every 1s"' in live
     assert '<span id="job-status" hx-swap-oob="true">' in live and "Running" in live
     assert 'id="job-actions"' not in live  # the cancel button is not replaced under the pointer while polling
@@ -437,3 +438,24 @@ def test_the_partner_home_lists_recent_jobs_and_offers_a_new_one(client, researc
     body = text(client.get(reverse("home")))
     assert f"Job #{job.pk}" not in body and "New job" not in body
     assert "Once access is granted you can queue sample-generation jobs" in body
+
+
+# --- The broker is down ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)  # the job is sent when its transaction commits, as in production
+def test_with_the_broker_down_the_form_lands_on_the_job_saying_it_starts_later(
+    client,
+    researcher_a,
+    active,
+    gpt2,
+    broker_down,  # noqa: F811
+):
+    client.force_login(researcher_a)
+    response = client.post(reverse("job_create"), form())
+    job = GenerationJob.objects.get()
+    assert response.status_code == 302 and response.url == reverse("job_detail", args=[job.pk])
+    page = text(client.get(response.url))
+    assert f"Job #{job.pk} is saved and queued on gpt2, but the workers&#x27; queue cannot be reached just now" in page
+    again = client.post(reverse("job_create"), form())  # the same form sent again: the same job
+    assert again.url == response.url and GenerationJob.objects.count() == 1

@@ -39,7 +39,8 @@ def real_broker():
 
 
 class Worker:
-    """A Celery worker process on the test database, the way `make run` and production start one."""
+    """A Celery worker on the test database, in one process (solo pool) so a SIGKILL stops generation at once,
+    as a host failure would. The prefork pool production uses is exercised by tests/deploy."""
 
     def __init__(self, tmp_path: Path) -> None:
         db = connection.settings_dict

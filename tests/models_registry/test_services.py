@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import timedelta
 
 import pytest
@@ -288,3 +289,23 @@ def test_grants_expire_at_the_agreement_end_not_before(partner_a, checkpoints, m
     assert access_check(organization=partner_a, checkpoint=checkpoints["gpt2"], now=just_before).allowed
     late = access_check(organization=partner_a, checkpoint=checkpoints["gpt2"], now=grant.ends_at)
     assert late.code == "expired"
+
+
+@pytest.mark.parametrize(
+    "purpose",
+    ["\u200b" * 25, "\u2060" * 10 + "\ufeff" * 10 + "\u00ad" * 10, "x" + "\u200b" * 40 + "y", "\u0301" * 30],
+    ids=["zero-width-spaces", "joiners-bom-soft-hyphens", "two-letters-padded", "bare-accents"],
+)
+def test_only_visible_characters_count_towards_the_20(researcher_a, checkpoints, purpose):
+    with pytest.raises(ValidationError) as exc:
+        request_access(researcher_a, "gpt2-large", purpose=purpose)
+    assert exc.value.message_dict["purpose"][0].startswith("Describe the research purpose in at least 20 characters.")
+    assert not AccessRequest.objects.exists()
+    assert not AuditEvent.objects.filter(action=events.ACCESS_REQUEST_CREATED).exists()
+
+
+def test_a_purpose_in_any_script_or_with_accents_counts_what_a_reader_sees(researcher_a, checkpoints):
+    accented = "Évaluer la détectabilité des textes générés"  # sent with combining accents (NFD)
+    request_access(researcher_a, "gpt2", purpose=unicodedata.normalize("NFD", accented))
+    request_access(researcher_a, "gpt2-large", purpose="研究生成文本的可检测性以及人类读者如何区分它们和新闻")
+    assert AccessRequest.objects.count() == 2

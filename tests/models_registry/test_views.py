@@ -348,3 +348,16 @@ def test_a_deactivated_partner_cannot_request(client, researcher_a, partner_a, c
     )
     assert response.status_code == 400
     assert "Partner A is deactivated" in response.content.decode()
+
+
+def test_a_purpose_of_invisible_characters_is_refused_next_to_the_field(client, researcher_a, checkpoints):
+    client.force_login(researcher_a)
+    response = client.post(
+        reverse("access_request_create"),
+        {"checkpoints": [checkpoints["gpt2-large"].pk], "purpose": "Research" + "\u200b" * 30},
+    )
+    assert response.status_code == 400
+    assert "Describe the research purpose in at least 20 characters. It has 8 visible characters." in (
+        response.content.decode()
+    )
+    assert not AccessRequest.objects.exists()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
@@ -70,8 +71,23 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--password", default=DEFAULT_PASSWORD, help="Password for every demo login.")
+        parser.add_argument(
+            "--create-demo-logins-with-debug-off",
+            action="store_true",
+            dest="debug_off",
+            help=(
+                "Run even though DEBUG is off: creates lab staff and partner logins with the given (or the "
+                "published demo) password, demo agreements and random-weight checkpoints. Never on a real deployment."
+            ),
+        )
 
-    def handle(self, *args: object, password: str, **options: object) -> None:
+    def handle(self, *args: object, password: str, debug_off: bool = False, **options: object) -> None:
+        if not settings.DEBUG and not debug_off:
+            raise CommandError(
+                "seed_demo creates lab accounts with a published demo password, so it refuses to run with DEBUG "
+                "off. Invite real people instead; to seed a throwaway deployment anyway, pass "
+                "--create-demo-logins-with-debug-off (and a --password of your own)."
+            )
         with transaction.atomic():
             organizations = {}
             for spec in [LAB, *PARTNERS]:

@@ -1,0 +1,27 @@
+"""System checks that `manage.py check --deploy` runs: production settings that cannot work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Tags, register
+
+
+@register(Tags.security, deploy=True)
+def shared_cache_check(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """With DEBUG off there are several web processes: the login lock and throttles must be shared."""
+    if settings.DEBUG or getattr(settings, "REDIS_URL", None):
+        return []
+    backend = settings.CACHES["default"]["BACKEND"]
+    if not backend.endswith("LocMemCache"):
+        return []
+    return [
+        Error(
+            "REDIS_URL is not set, so the cache is each process's own memory: the sign-in lock (five wrong "
+            "passwords) and the API throttle would count per process, and with several web workers an attacker "
+            "gets several times the attempts.",
+            hint="Set REDIS_URL to the Redis that web workers share, e.g. redis://redis.internal:6379/1.",
+            id="modelpact.E001",
+        )
+    ]
