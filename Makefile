@@ -12,7 +12,10 @@ TEST_ENV := DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432/modelpact \
 	CHROMIUM_PATH=/usr/bin/chromium \
 	HF_HUB_OFFLINE=1
 
-.PHONY: run test lint format venv system-deps-run system-deps-test services bench clean
+# Type-checked by `make lint` (settings in pyproject.toml); migrations, tests and bench are excluded there.
+MYPY_PACKAGES := core accounts audit models_registry agreements inference records portal config
+
+.PHONY: run test lint format venv system-deps-run system-deps-test services clean
 
 venv: $(STAMP)
 
@@ -43,6 +46,9 @@ run: $(STAMP) system-deps-run
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	MODELPACT_VAR_DIR=$$(mktemp -d) $(BIN)/mypy $(MYPY_PACKAGES)
+	MODELPACT_VAR_DIR=$$(mktemp -d) $(BIN)/python manage.py makemigrations --check --dry-run
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

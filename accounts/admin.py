@@ -26,8 +26,9 @@ def _admin_login(request: HttpRequest, extra_context: dict | None = None) -> Htt
     return redirect(f"{reverse('account_login')}?{urlencode({'next': next_url})}")
 
 
-admin.site.has_permission = _is_lab_admin
-admin.site.login = _admin_login
+# The default site is patched in place (its URLs are the ones in use); the stubs treat methods as read-only.
+admin.site.has_permission = _is_lab_admin  # type: ignore[method-assign]
+admin.site.login = _admin_login  # type: ignore[method-assign]
 admin.site.site_header = "ModelPact administration (read-only)"
 admin.site.site_title = "ModelPact admin"
 

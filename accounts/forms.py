@@ -1,5 +1,8 @@
+from typing import Any, cast
+
 from django import forms
 
+from accounts import services
 from accounts.models import Organization, Role
 
 
@@ -12,7 +15,7 @@ class OrganizationForm(forms.Form):
 
 
 class OrganizationEditForm(OrganizationForm):
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         del self.fields["name"]
 
@@ -21,19 +24,21 @@ class InvitationForm(forms.Form):
     email = forms.EmailField(error_messages={"invalid": "Enter a valid email address, like name@example.org."})
     role = forms.ChoiceField(choices=())
 
-    def __init__(self, *args: object, organization: Organization, **kwargs: object) -> None:
+    def __init__(self, *args: Any, organization: Organization, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["role"].choices = [(r.value, r.label) for r in Role.for_kind(organization.kind)]
-        self.fields["role"].error_messages["invalid_choice"] = "Choose one of the roles listed."
+        role = cast(forms.ChoiceField, self.fields["role"])
+        role.choices = [(r.value, r.label) for r in Role.for_kind(organization.kind)]
+        role.error_messages["invalid_choice"] = "Choose one of the roles listed."
 
 
 class RoleForm(forms.Form):
     role = forms.ChoiceField(choices=())
 
-    def __init__(self, *args: object, organization: Organization, **kwargs: object) -> None:
+    def __init__(self, *args: Any, organization: Organization, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["role"].choices = [(r.value, r.label) for r in Role.for_kind(organization.kind)]
-        self.fields["role"].error_messages["invalid_choice"] = "Choose one of the roles listed."
+        role = cast(forms.ChoiceField, self.fields["role"])
+        role.choices = [(r.value, r.label) for r in Role.for_kind(organization.kind)]
+        role.error_messages["invalid_choice"] = "Choose one of the roles listed."
 
 
 class AcceptInvitationForm(forms.Form):
@@ -43,8 +48,25 @@ class AcceptInvitationForm(forms.Form):
         label="Password (again)", widget=forms.PasswordInput(attrs={"autocomplete": "new-password"})
     )
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = cast(dict[str, Any], super().clean())  # Form.clean returns cleaned_data
         if data.get("password1") and data.get("password2") and data["password1"] != data["password2"]:
             self.add_error("password2", "The two passwords differ.")
         return data
+
+
+class TokenCreateForm(forms.Form):
+    expiry_days = forms.TypedChoiceField(
+        label="Expires after",
+        coerce=int,
+        choices=[(7, "7 days"), (30, "30 days"), (90, "90 days"), (365, "1 year")],
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        default = services.api_token_default_expiry_days()
+        expiry_days = cast(forms.TypedChoiceField, self.fields["expiry_days"])
+        choices = dict(cast(list[tuple[int, str]], expiry_days.choices))  # the pairs given above
+        choices.setdefault(default, f"{default} days")
+        expiry_days.choices = sorted(choices.items())
+        expiry_days.initial = default

@@ -73,19 +73,21 @@ def lab_organization() -> Organization | None:
 
 def api_token_list(*, user: User) -> QuerySet[AuthToken]:
     """The user's own tokens, newest first (expired ones too, until knox clears them)."""
-    return AuthToken.objects.filter(user=user).order_by("-created", "-token_key")
+    tokens: QuerySet[AuthToken] = AuthToken.objects.filter(user=user)  # knox ships no type hints
+    return tokens.order_by("-created", "-token_key")
 
 
 def api_token_managed_list(*, user: User) -> QuerySet[AuthToken]:
     """Other people's tokens this user may revoke: a partner admin's organisation's; a lab admin's, all."""
     role = role_of(user)
-    tokens = AuthToken.objects.exclude(user=user).select_related("user__membership__organization")
+    tokens: QuerySet[AuthToken] = AuthToken.objects.exclude(user=user)  # knox ships no type hints
+    tokens = tokens.select_related("user__membership__organization")
     if role == Role.LAB_ADMIN:
         return tokens.order_by("user__email", "-created")
     if role == Role.PARTNER_ADMIN:
         organization_id = user.membership.organization_id
         return tokens.filter(user__membership__organization_id=organization_id).order_by("user__email", "-created")
-    return AuthToken.objects.none()
+    return tokens.none()
 
 
 def api_token_get(*, user: User, key: str) -> AuthToken:

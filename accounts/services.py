@@ -294,7 +294,8 @@ API_TOKENS_LIVE_PER_USER = 20
 
 
 def api_token_default_expiry_days() -> int:
-    return max(1, knox_settings.TOKEN_TTL.days)
+    ttl: timedelta = knox_settings.TOKEN_TTL
+    return max(1, ttl.days)
 
 
 @transaction.atomic

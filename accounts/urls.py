@@ -3,7 +3,8 @@ from django.urls import path
 from accounts import views
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("account/tokens/", views.token_list, name="api_token_list"),
+    path("account/tokens/<str:key>/revoke/", views.token_revoke, name="api_token_revoke"),
     path("organizations/", views.organization_list, name="organization_list"),
     path("organizations/new/", views.organization_create, name="organization_create"),
     path("organizations/<int:pk>/", views.organization_detail, name="organization_detail"),

@@ -17,15 +17,20 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
-from accounts.forms import AcceptInvitationForm, InvitationForm, OrganizationEditForm, OrganizationForm, RoleForm
+from accounts.forms import (
+    AcceptInvitationForm,
+    InvitationForm,
+    OrganizationEditForm,
+    OrganizationForm,
+    RoleForm,
+    TokenCreateForm,
+)
 from accounts.models import Role
-from accounts.permissions import REAUTH_WINDOW, require_role, role_of
-from agreements.selectors import agreement_home
-from inference.selectors import job_home
-from models_registry.selectors import home_panels
+from accounts.permissions import REAUTH_WINDOW, request_user, require_role, role_of
 
 
 def apply_validation_error(form: Form, error: ValidationError) -> None:
@@ -65,20 +70,8 @@ def reauthentication_links(request: HttpRequest) -> list[dict[str, str]]:
 
 
 @login_required
-def home(request: HttpRequest) -> HttpResponse:
-    role = role_of(request.user)
-    if role is None:
-        return render(request, "home/no_role.html", status=403)
-    context = {"organization": request.user.membership.organization}
-    context.update(home_panels(request.user))
-    context.update(agreement_home(user=request.user))
-    context.update(job_home(user=request.user))
-    return render(request, f"home/{role}.html", context)
-
-
-@login_required
 def organization_list(request: HttpRequest) -> HttpResponse:
-    organizations = selectors.organization_list(user=request.user)
+    organizations = selectors.organization_list(user=request_user(request))
     return render(request, "accounts/organization_list.html", {"organizations": organizations})
 
 
@@ -88,7 +81,7 @@ def organization_create(request: HttpRequest) -> HttpResponse:
     form = OrganizationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            organization = services.organization_create(actor=request.user, **form.cleaned_data)
+            organization = services.organization_create(actor=request_user(request), **form.cleaned_data)
         except ValidationError as exc:
             apply_validation_error(form, exc)
         else:
@@ -99,13 +92,13 @@ def organization_create(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def organization_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    organization = selectors.organization_get(user=request.user, pk=pk)
+    organization = selectors.organization_get(user=request_user(request), pk=pk)
     require_role(request.user, Role.LAB_ADMIN)
     initial = {f: getattr(organization, f) for f in ("legal_name", "jurisdiction", "address", "contact_email")}
     form = OrganizationEditForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
-            services.organization_update(actor=request.user, organization=organization, **form.cleaned_data)
+            services.organization_update(actor=request_user(request), organization=organization, **form.cleaned_data)
         except ValidationError as exc:
             apply_validation_error(form, exc)
         else:
@@ -119,19 +112,19 @@ def organization_edit(request: HttpRequest, pk: int) -> HttpResponse:
 def my_organization(request: HttpRequest) -> HttpResponse:
     if role_of(request.user) is None:
         raise Http404
-    return organization_detail(request, request.user.membership.organization_id)
+    return organization_detail(request, request_user(request).membership.organization_id)
 
 
 @login_required
 def organization_detail(request: HttpRequest, pk: int, invite_form: InvitationForm | None = None) -> HttpResponse:
-    organization = selectors.organization_get(user=request.user, pk=pk)
-    can_manage = selectors.can_manage_users(request.user, organization)
-    members = selectors.membership_list(user=request.user, organization=organization)
+    organization = selectors.organization_get(user=request_user(request), pk=pk)
+    can_manage = selectors.can_manage_users(request_user(request), organization)
+    members = selectors.membership_list(user=request_user(request), organization=organization)
     page = Paginator(members, 50).get_page(request.GET.get("page"))
     context = {
         "organization": organization,
         "members": page,
-        "invitations": selectors.invitation_list(user=request.user, organization=organization),
+        "invitations": selectors.invitation_list(user=request_user(request), organization=organization),
         "can_manage": can_manage,
         "can_edit": role_of(request.user) == Role.LAB_ADMIN,
         "invite_form": invite_form or InvitationForm(organization=organization),
@@ -144,19 +137,19 @@ def organization_detail(request: HttpRequest, pk: int, invite_form: InvitationFo
 @login_required
 @require_POST
 def invitation_create(request: HttpRequest, pk: int) -> HttpResponse:
-    organization = selectors.organization_get(user=request.user, pk=pk)
+    organization = selectors.organization_get(user=request_user(request), pk=pk)
     form = InvitationForm(request.POST, organization=organization)
     if form.is_valid():
         try:
             invitation, _token = services.invitation_create(
-                actor=request.user, organization=organization, **form.cleaned_data
+                actor=request_user(request), organization=organization, **form.cleaned_data
             )
         except ValidationError as exc:
             apply_validation_error(form, exc)
         else:
             messages.success(request, f"Invitation emailed to {invitation.email}.")
             return redirect("organization_detail", pk=organization.pk)
-    if not selectors.can_manage_users(request.user, organization):
+    if not selectors.can_manage_users(request_user(request), organization):
         require_role(request.user, Role.LAB_ADMIN)  # raises 403 with a clear message
     return organization_detail(request, organization.pk, invite_form=form)
 
@@ -164,9 +157,9 @@ def invitation_create(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def invitation_revoke(request: HttpRequest, pk: int) -> HttpResponse:
-    invitation = selectors.invitation_get(user=request.user, pk=pk)
+    invitation = selectors.invitation_get(user=request_user(request), pk=pk)
     try:
-        services.invitation_revoke(actor=request.user, invitation=invitation)
+        services.invitation_revoke(actor=request_user(request), invitation=invitation)
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:
@@ -178,17 +171,19 @@ def invitation_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def membership_update(request: HttpRequest, pk: int) -> HttpResponse:
     """Change a member's role, or deactivate / reactivate them."""
-    membership = selectors.membership_get(user=request.user, pk=pk)
+    membership = selectors.membership_get(user=request_user(request), pk=pk)
     action = request.POST.get("action")
     try:
         if action == "role":
             form = RoleForm(request.POST, organization=membership.organization)
             if not form.is_valid():
-                raise ValidationError(form.errors["role"])
-            services.membership_change_role(actor=request.user, membership=membership, role=form.cleaned_data["role"])
+                raise ValidationError(form.errors["role"])  # type: ignore[arg-type]  # an ErrorList is a list
+            services.membership_change_role(
+                actor=request_user(request), membership=membership, role=form.cleaned_data["role"]
+            )
             messages.success(request, f"{membership.user.email} is now {membership.get_role_display()}.")
         elif action in ("deactivate", "reactivate"):
-            services.user_set_active(actor=request.user, user=membership.user, active=action == "reactivate")
+            services.user_set_active(actor=request_user(request), user=membership.user, active=action == "reactivate")
             messages.success(request, f"{membership.user.email} {action}d.")
         else:
             messages.error(request, "Unknown action.")
@@ -218,3 +213,57 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
             messages.success(request, f"Welcome to ModelPact, {user.get_short_name()}.")
             return redirect("home")
     return render(request, "accounts/invitation_accept.html", {"form": form, "invitation": invitation})
+
+
+# --- API tokens: list, create (after a fresh reauthentication, shown once) and revoke --------------
+
+
+@never_cache
+@login_required
+def token_list(request: HttpRequest) -> HttpResponse:
+    """GET lists the tokens; POST creates one and shows its key on this response only."""
+    if role_of(request.user) is None:
+        raise Http404
+    form = TokenCreateForm(request.POST or None)
+    new_key = None
+    status = 200
+    reauth_method, reauth_at = recent_authentication(request)
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                _token, new_key = services.api_token_create(
+                    actor=request_user(request),
+                    user=request_user(request),
+                    expiry_days=form.cleaned_data["expiry_days"],
+                    reauthenticated_at=reauth_at,
+                )
+            except ValidationError as exc:
+                form.add_error(None, exc)
+        if new_key is None:
+            status = 400
+    now = timezone.now()
+    own = list(selectors.api_token_list(user=request_user(request)))
+    context = {
+        "form": form,
+        "new_key": new_key,
+        "own_tokens": own,
+        "managed_tokens": list(selectors.api_token_managed_list(user=request_user(request))),
+        "now": now,
+        "reauth_at": reauth_at,
+        "reauth_method": reauth_method,
+        "reauth_expires": reauth_at + REAUTH_WINDOW if reauth_at else None,
+        "reauth_links": [] if reauth_at else reauthentication_links(request),
+        "api_base": request.build_absolute_uri("/api/v1/"),
+    }
+    return render(request, "accounts/api_tokens.html", context, status=status)
+
+
+@login_required
+@require_POST
+def token_revoke(request: HttpRequest, key: str) -> HttpResponse:
+    token = selectors.api_token_get(user=request_user(request), key=key)
+    owner = token.user
+    services.api_token_revoke(actor=request_user(request), token=token)
+    whose = "Your token" if owner.pk == request.user.pk else f"{owner.email}'s token"
+    messages.success(request, f"{whose} {key}… is revoked; requests with it are now refused.")
+    return redirect("api_token_list")

@@ -1,7 +1,15 @@
 from django.contrib import admin
 
 from accounts.admin import ReadOnlyAdmin
-from agreements.models import Agreement, AgreementTemplate, Signature, TemplateVersion
+from agreements.models import (
+    AccessGrant,
+    AccessRequest,
+    Agreement,
+    AgreementTemplate,
+    GrantUsage,
+    Signature,
+    TemplateVersion,
+)
 
 
 @admin.register(AgreementTemplate)
@@ -30,3 +38,24 @@ class SignatureAdmin(ReadOnlyAdmin):
     list_display = ("agreement", "side", "full_name", "signer_email", "signed_at", "reauth_method")
     list_filter = ("side",)
     list_select_related = ("agreement",)
+
+
+@admin.register(AccessRequest)
+class AccessRequestAdmin(ReadOnlyAdmin):
+    list_display = ("pk", "organization", "requester", "status", "created_at", "decided_at")
+    list_filter = ("status", "organization")
+    list_select_related = ("organization", "requester")
+
+
+@admin.register(AccessGrant)
+class AccessGrantAdmin(ReadOnlyAdmin):
+    list_display = ("organization", "checkpoint", "agreement", "starts_at", "ends_at", "revoked_at")
+    list_filter = ("checkpoint", "organization")
+    list_select_related = ("organization", "checkpoint", "agreement")
+
+
+@admin.register(GrantUsage)
+class GrantUsageAdmin(ReadOnlyAdmin):
+    list_display = ("grant", "day", "tokens_reserved", "tokens_used")
+    list_filter = ("day",)
+    list_select_related = ("grant__organization", "grant__checkpoint")

@@ -1,24 +1,27 @@
-"""Partner API for agreements: the list, one agreement, and its sealed record as a PDF."""
+"""Partner API for agreements (the list and one agreement; its sealed record as a PDF is records.api), and
+for what they allow: checkpoints with this organisation's access, grants, access requests."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import django_filters
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
-from django.http import HttpResponse
-from drf_spectacular.types import OpenApiTypes
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
-from rest_framework import generics, serializers
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework import generics, serializers, status
 from rest_framework.request import Request
-from rest_framework.views import APIView
+from rest_framework.response import Response
 
-from agreements import selectors
-from agreements.models import Agreement, Signature
-from audit.selectors import agreement_record_pdf
-from audit.services import record_download
-from config.api import CreatedRangeFilterSet, ErrorSerializer
+from accounts.api import RoleRequired
+from accounts.models import PARTNER_ROLES
+from accounts.permissions import request_user, role_of
+from agreements import selectors, services
+from agreements.models import AccessGrant, AccessRequest, Agreement, Signature
+from core.api import CreatedRangeFilterSet, ErrorSerializer, StrictCharField
+from core.validators import PURPOSE_MAX_CHARS, clean_purpose
+from models_registry.models import Checkpoint
 
 
 class AgreementSerializer(serializers.ModelSerializer):
@@ -77,7 +80,8 @@ class AgreementDetailSerializer(AgreementSerializer):
 
     @extend_schema_field(SignatureSerializer(many=True))
     def get_signatures(self, agreement: Agreement) -> list[dict[str, Any]]:
-        return SignatureSerializer(selectors.agreement_signatures(agreement), many=True).data
+        # many=True makes a ListSerializer, whose data is a list; the stubs type it as one dict.
+        return SignatureSerializer(selectors.agreement_signatures(agreement), many=True).data  # type: ignore[return-value]
 
 
 class AgreementFilter(CreatedRangeFilterSet):
@@ -98,7 +102,7 @@ class AgreementListApi(generics.ListAPIView):
     queryset = Agreement.objects.none()  # for the schema; requests use get_queryset
 
     def get_queryset(self) -> QuerySet[Agreement]:
-        return selectors.agreement_list(user=self.request.user).select_related("amends")
+        return selectors.agreement_list(user=request_user(self.request)).select_related("amends")
 
 
 @extend_schema(tags=["agreements"])
@@ -106,42 +110,226 @@ class AgreementDetailApi(generics.RetrieveAPIView):
     serializer_class = AgreementDetailSerializer
 
     def get_object(self) -> Agreement:
-        return selectors.agreement_get(user=self.request.user, pk=self.kwargs["pk"])
+        return selectors.agreement_get(user=request_user(self.request), pk=self.kwargs["pk"])
 
 
-class PdfRenderer(BaseRenderer):
-    media_type = "application/pdf"
-    format = "pdf"
-    charset = None
-    render_style = "binary"
-
-    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
-        return data
+# --- Serializers --------------------------------------------------------------------------------
 
 
-@extend_schema(
-    tags=["agreements"],
-    responses={
-        (200, "application/pdf"): OpenApiResponse(OpenApiTypes.BINARY, description="The sealed PDF/A record."),
-        404: OpenApiResponse(ErrorSerializer, description="No such agreement of yours, or no sealed record yet."),
-    },
-)
-class AgreementPdfApi(APIView):
-    """The agreement's sealed record: the signed document and its certificate of completion."""
+class AccessSerializer(serializers.Serializer):
+    """What the access choke point says about this organisation and checkpoint right now."""
 
-    renderer_classes = [JSONRenderer, PdfRenderer]
+    allowed = serializers.BooleanField()
+    code = serializers.CharField(help_text="ok, quota_exceeded, no_agreement, not_yet_active, expired, revoked, ...")
+    message = serializers.CharField()
+    quota_left = serializers.IntegerField(allow_null=True, help_text="Tokens left today (UTC).")
+    until = serializers.DateTimeField(allow_null=True, help_text="When the grant in force ends.")
+    agreement = serializers.CharField(allow_null=True, help_text="The agreement that grants access.")
+    pending_request = serializers.IntegerField(allow_null=True, help_text="An access request awaiting review.")
 
-    def get(self, request: Request, pk: int) -> HttpResponse:
-        agreement = selectors.agreement_get(user=request.user, pk=pk)
-        record = agreement_record_pdf(user=request.user, agreement=agreement)  # 404 until one is sealed
-        record_download(actor=request.user, record=record.record)  # who took a copy is audited
-        response = HttpResponse(record.pdf, content_type="application/pdf")
-        filename = record.record.filename or f"{agreement.reference}.pdf"
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-        return response
 
-    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
-        # Errors are JSON even when the client asked for a PDF.
-        if getattr(response, "data", None) is not None and response.status_code >= 400:
-            request.accepted_renderer, request.accepted_media_type = JSONRenderer(), "application/json"
-        return super().finalize_response(request, response, *args, **kwargs)
+class CheckpointSerializer(serializers.Serializer):
+    slug = serializers.CharField()
+    display_name = serializers.CharField()
+    size_label = serializers.CharField()
+    parameter_count = serializers.IntegerField()
+    n_layer = serializers.IntegerField()
+    n_embd = serializers.IntegerField()
+    n_head = serializers.IntegerField()
+    context_length = serializers.IntegerField(help_text="Prompt tokens + max_new_tokens may not exceed this.")
+    released_on = serializers.DateField()
+    status = serializers.ChoiceField(choices=Checkpoint.Status.choices)
+    status_reason = serializers.CharField()
+    is_demo = serializers.BooleanField(help_text="Served from a tiny demo build, not the released weights.")
+    access = AccessSerializer(
+        allow_null=True,
+        help_text="Your organisation's access now; null for lab staff (the lab grants, it does not use).",
+    )
+
+
+def _with_access(row: selectors.PartnerCheckpoint) -> Checkpoint:
+    """The checkpoint, carrying what the choke point said about it for the caller's organisation."""
+    decision = row.decision
+    grant = decision.grant if row.usable else None  # a usable checkpoint has its grant
+    checkpoint = row.checkpoint
+    # Read by CheckpointSerializer's `access` field; not a model field.
+    checkpoint.access = {  # type: ignore[attr-defined]
+        "allowed": decision.allowed,
+        "code": decision.code,
+        "message": decision.message,
+        "quota_left": decision.quota_left,
+        "until": grant.ends_at if grant else None,
+        "agreement": grant.agreement.reference if grant else None,
+        "pending_request": row.pending_request.pk if row.pending_request else None,
+    }
+    return checkpoint
+
+
+class GrantSerializer(serializers.ModelSerializer):
+    organization = serializers.CharField(source="organization.name")
+    checkpoint = serializers.CharField(source="checkpoint.slug")
+    agreement = serializers.CharField(source="agreement.reference")
+    live = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AccessGrant
+        fields = [
+            "id",
+            "organization",
+            "checkpoint",
+            "agreement",
+            "starts_at",
+            "ends_at",
+            "daily_token_quota",
+            "live",
+            "revoked_at",
+            "revoke_reason",
+            "created_at",
+        ]
+
+    def get_live(self, grant: AccessGrant) -> bool:
+        # The agreement's status is checked too: a terminated agreement's grant is not in force.
+        return grant.is_live(self.context["now"]) and grant.agreement.status == Agreement.Status.ACTIVE
+
+
+class AccessRequestSerializer(serializers.ModelSerializer):
+    organization = serializers.CharField(source="organization.name")
+    requester = serializers.EmailField(source="requester.email")
+    checkpoints: serializers.SlugRelatedField[Checkpoint] = serializers.SlugRelatedField(
+        slug_field="slug", many=True, read_only=True
+    )
+    decided_by = serializers.EmailField(source="decided_by.email", allow_null=True, default=None)
+    amendment = serializers.CharField(source="amendment.reference", allow_null=True, default=None)
+
+    class Meta:
+        model = AccessRequest
+        fields = [
+            "id",
+            "organization",
+            "requester",
+            "checkpoints",
+            "purpose",
+            "status",
+            "created_at",
+            "decided_at",
+            "decided_by",
+            "decision_reason",
+            "amendment",
+        ]
+
+
+class AccessRequestCreateSerializer(serializers.Serializer):
+    checkpoints = serializers.ListField(
+        child=StrictCharField(max_length=64), min_length=1, max_length=8, help_text="Checkpoint slugs."
+    )
+    purpose = StrictCharField(
+        max_length=PURPOSE_MAX_CHARS, help_text="The research purpose, at least 20 visible characters."
+    )
+
+    def validate_purpose(self, purpose: str) -> str:
+        try:
+            return clean_purpose(purpose)
+        except ValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict["purpose"]) from None
+
+    def validate_checkpoints(self, slugs: list[str]) -> list[Checkpoint]:
+        found = {c.slug: c for c in Checkpoint.objects.filter(slug__in=set(slugs))}
+        unknown = sorted(set(slugs) - set(found))
+        if unknown:
+            known = ", ".join(Checkpoint.objects.order_by("parameter_count").values_list("slug", flat=True))
+            raise serializers.ValidationError(f"No checkpoint called {', '.join(unknown)}; there are: {known}.")
+        return list(found.values())
+
+
+# --- Views --------------------------------------------------------------------------------------
+
+
+@extend_schema(tags=["checkpoints"])
+class CheckpointListApi(generics.ListAPIView):
+    """The GPT-2 checkpoints, smallest first, each with your organisation's access now."""
+
+    serializer_class = CheckpointSerializer
+    filter_backends: list[Any] = []
+    pagination_class = None  # the four GPT-2 stages
+
+    # A list serves here: this view neither filters nor paginates.
+    def get_queryset(self) -> list[Any]:  # type: ignore[override]
+        if role_of(self.request.user) in PARTNER_ROLES:
+            return [_with_access(row) for row in selectors.partner_checkpoint_overview(user=request_user(self.request))]
+        checkpoints = list(selectors.checkpoint_registry(user=request_user(self.request)))
+        for checkpoint in checkpoints:
+            checkpoint.access = None  # type: ignore[attr-defined]
+        return checkpoints
+
+
+class GrantFilter(CreatedRangeFilterSet):
+    checkpoint = django_filters.CharFilter(field_name="checkpoint__slug", max_length=64, label="Checkpoint slug")
+    live = django_filters.BooleanFilter(method="_live", label="Only grants in force now (true) or not (false)")
+
+    class Meta:
+        model = AccessGrant
+        fields = ["checkpoint", "live"]
+
+    def _live(self, queryset: QuerySet[AccessGrant], name: str, value: bool) -> QuerySet[AccessGrant]:
+        live = selectors.live_grants_q(timezone.now())
+        return queryset.filter(live) if value else queryset.exclude(live)
+
+
+@extend_schema(tags=["grants"])
+class GrantListApi(generics.ListAPIView):
+    """Access grants created by active agreements, with their term, quota and any revocation."""
+
+    serializer_class = GrantSerializer
+    filterset_class = GrantFilter
+    queryset = AccessGrant.objects.none()  # for the schema; requests use get_queryset
+
+    def get_queryset(self) -> QuerySet[AccessGrant]:
+        return selectors.grant_list(user=request_user(self.request))
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        return {**super().get_serializer_context(), "now": timezone.now()}
+
+
+class AccessRequestFilter(CreatedRangeFilterSet):
+    status = django_filters.ChoiceFilter(choices=AccessRequest.Status.choices)
+    checkpoint = django_filters.CharFilter(field_name="checkpoints__slug", max_length=64, label="Checkpoint slug")
+
+    class Meta:
+        model = AccessRequest
+        fields = ["status", "checkpoint"]
+
+
+@extend_schema(tags=["access requests"])
+class AccessRequestListCreateApi(generics.ListAPIView):
+    """Your organisation's access requests (lab staff: everyone's); partners ask for more access here."""
+
+    serializer_class = AccessRequestSerializer
+    filterset_class = AccessRequestFilter
+    queryset = AccessRequest.objects.none()  # for the schema; requests use get_queryset
+    permission_classes = [*generics.ListAPIView.permission_classes, RoleRequired.to("POST", *PARTNER_ROLES)]
+
+    def get_queryset(self) -> QuerySet[AccessRequest]:
+        return selectors.access_request_list(user=request_user(self.request))
+
+    @extend_schema(
+        request=AccessRequestCreateSerializer,
+        responses={
+            201: AccessRequestSerializer,
+            413: OpenApiResponse(ErrorSerializer, description="request_too_large: the body is over 2.5 MB."),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        """Ask for access to checkpoints for a stated purpose; legal reviews it."""
+        serializer = AccessRequestCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        access_request = services.access_request_create(actor=request_user(request), **serializer.validated_data)
+        access_request = selectors.access_request_get(user=request_user(request), pk=access_request.pk)
+        return Response(AccessRequestSerializer(access_request).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(tags=["access requests"])
+class AccessRequestDetailApi(generics.RetrieveAPIView):
+    serializer_class = AccessRequestSerializer
+
+    def get_object(self) -> AccessRequest:
+        return selectors.access_request_get(user=request_user(self.request), pk=self.kwargs["pk"])

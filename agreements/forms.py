@@ -6,11 +6,14 @@ so that the service's own message, which says what to change, is the one shown n
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from django import forms
 from django.db.models import QuerySet
 
+from accounts.models import Organization
 from agreements.models import Agreement, TemplateVersion
-from core.validators import clean_purpose
+from core.validators import PURPOSE_MAX_CHARS, PURPOSE_MIN_CHARS, clean_purpose
 from models_registry.models import Checkpoint
 
 
@@ -22,13 +25,14 @@ def _normalise_newlines(text: str) -> str:
 class MarkdownField(forms.CharField):
     widget = forms.Textarea
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("required", False)
         kwargs.setdefault("strip", False)
         super().__init__(**kwargs)
 
     def to_python(self, value: object) -> str:
-        return _normalise_newlines(super().to_python(value))
+        # strip=False and the default empty_value "": never None.
+        return _normalise_newlines(cast(str, super().to_python(value)))
 
 
 class TemplateCreateForm(forms.Form):
@@ -47,12 +51,13 @@ class DiffForm(forms.Form):
     left = forms.ModelChoiceField(queryset=TemplateVersion.objects.none(), label="Older", empty_label=None)
     right = forms.ModelChoiceField(queryset=TemplateVersion.objects.none(), label="Newer", empty_label=None)
 
-    def __init__(self, *args: object, versions: QuerySet[TemplateVersion], **kwargs: object) -> None:
+    def __init__(self, *args: Any, versions: QuerySet[TemplateVersion], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for name in ("left", "right"):
-            field = self.fields[name]
+            field = cast("forms.ModelChoiceField[TemplateVersion]", self.fields[name])
             field.queryset = versions
-            field.label_from_instance = lambda v: f"{v.label} · {v.get_status_display()}"
+            # Relabelling per instance is Django's documented way; the stubs see a read-only method.
+            field.label_from_instance = lambda v: f"{v.label} · {v.get_status_display()}"  # type: ignore[method-assign,assignment]
             field.error_messages["invalid_choice"] = "Choose one of this template's versions."
 
 
@@ -77,13 +82,13 @@ class CheckpointChoiceField(forms.ModelMultipleChoiceField):
 
 
 class AgreementForm(forms.Form):
-    organization = forms.ModelChoiceField(
+    organization: forms.ModelChoiceField[Organization] = forms.ModelChoiceField(
         queryset=None,
         label="Organisation",
         empty_label="Choose a partner…",
         help_text="Only active partner organisations are listed.",
     )
-    template_version = forms.ModelChoiceField(
+    template_version: forms.ModelChoiceField[TemplateVersion] = forms.ModelChoiceField(
         queryset=None,
         empty_label="Choose a published version…",
         label="Template version",
@@ -124,24 +129,24 @@ class AgreementForm(forms.Form):
 
     def __init__(
         self,
-        *args: object,
+        *args: Any,
         organizations: QuerySet | None,
         versions: QuerySet[TemplateVersion],
         checkpoints: QuerySet[Checkpoint],
         amendment: bool = False,
-        **kwargs: object,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         if organizations is None:
             del self.fields["organization"]  # an agreement's organisation never changes
         else:
-            self.fields["organization"].queryset = organizations
-            self.fields["organization"].error_messages["invalid_choice"] = (
-                "Choose a partner organisation from the list."
-            )
-        self.fields["template_version"].queryset = versions
-        self.fields["template_version"].label_from_instance = lambda v: f"{v.template.name} · {v.label}"
-        self.fields["checkpoints"].queryset = checkpoints
+            organization = cast("forms.ModelChoiceField[Organization]", self.fields["organization"])
+            organization.queryset = organizations
+            organization.error_messages["invalid_choice"] = "Choose a partner organisation from the list."
+        template_version = cast("forms.ModelChoiceField[TemplateVersion]", self.fields["template_version"])
+        template_version.queryset = versions
+        template_version.label_from_instance = lambda v: f"{v.template.name} · {v.label}"  # type: ignore[method-assign,assignment]
+        cast(CheckpointChoiceField, self.fields["checkpoints"]).queryset = checkpoints
         if not amendment:
             del self.fields["replaces_amended"]
 
@@ -171,26 +176,27 @@ class AgreementForm(forms.Form):
 
 
 class AgreementFilterForm(forms.Form):
-    organization = forms.ModelChoiceField(
+    organization: forms.ModelChoiceField[Organization] = forms.ModelChoiceField(
         queryset=None, required=False, label="Organisation", empty_label="All organisations"
     )
     status = forms.ChoiceField(required=False)
 
-    def __init__(self, *args: object, organizations: QuerySet | None, statuses: list, **kwargs: object) -> None:
+    def __init__(self, *args: Any, organizations: QuerySet | None, statuses: list, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if organizations is None:
             del self.fields["organization"]  # partners only ever see their own
         else:
-            self.fields["organization"].queryset = organizations
-            self.fields["organization"].error_messages["invalid_choice"] = "Choose an organisation from the list."
-        self.fields["status"].choices = [("", "Any status"), *statuses]
+            organization = cast("forms.ModelChoiceField[Organization]", self.fields["organization"])
+            organization.queryset = organizations
+            organization.error_messages["invalid_choice"] = "Choose an organisation from the list."
+        cast(forms.ChoiceField, self.fields["status"]).choices = [("", "Any status"), *statuses]
         self.fields["status"].error_messages["invalid_choice"] = "Choose a status from the list."
 
 
 class ReasonForm(forms.Form):
     reason = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 3}))
 
-    def __init__(self, *args: object, label: str = "Reason", help_text: str = "", **kwargs: object) -> None:
+    def __init__(self, *args: Any, label: str = "Reason", help_text: str = "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["reason"].label = label
         self.fields["reason"].help_text = help_text
@@ -217,3 +223,50 @@ class SignForm(forms.Form):
     # Hidden fields have no place to show an error, so they accept anything; the service judges them.
     document_sha256 = forms.CharField(required=False, widget=forms.HiddenInput)
     time_zone = forms.CharField(required=False, widget=forms.HiddenInput)
+
+
+class RequestedCheckpointsField(forms.ModelMultipleChoiceField):
+    def label_from_instance(self, checkpoint: Checkpoint) -> str:
+        return checkpoint.label
+
+
+class AccessRequestForm(forms.Form):
+    checkpoints = RequestedCheckpointsField(
+        queryset=Checkpoint.objects.order_by("parameter_count"),
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={
+            "required": "Choose at least one checkpoint.",
+            "invalid_choice": "Choose checkpoints from the list.",
+            "invalid_pk_value": "Choose checkpoints from the list.",
+        },
+    )
+    purpose = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 6}),
+        min_length=PURPOSE_MIN_CHARS,
+        max_length=PURPOSE_MAX_CHARS,
+        strip=True,
+        help_text="What you will use the checkpoints for, in 20 to 4,000 characters. Legal at the lab reads this "
+        "and it becomes the purpose in your agreement.",
+        error_messages={
+            "required": "Describe the research purpose in at least 20 characters.",
+            "min_length": "Describe the research purpose in at least 20 characters (it has %(show_value)d).",
+            "max_length": "Keep the purpose to 4,000 characters (it has %(show_value)d).",
+        },
+    )
+
+    def clean_purpose(self) -> str:
+        # The service's rule, for a message next to the field: the 20 characters must be visible ones.
+        try:
+            return clean_purpose(self.cleaned_data["purpose"])
+        except forms.ValidationError as exc:
+            raise forms.ValidationError(exc.message_dict["purpose"]) from None
+
+
+class RejectForm(forms.Form):
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2}),
+        max_length=2000,
+        label="Reason for rejecting",
+        help_text="The partner sees this and may apply again.",
+        error_messages={"required": "Give the partner a reason (at least a few words)."},
+    )

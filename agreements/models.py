@@ -1,9 +1,10 @@
-"""Agreement templates and their versions, per-organisation agreements, and signatures."""
+"""Agreement templates and their versions, per-organisation agreements and signatures, and what a signed
+agreement allows: access grants, the requests that lead to them, and the daily usage ledger."""
 
 from __future__ import annotations
 
 import calendar
-from datetime import date
+from datetime import date, datetime
 
 from django.conf import settings
 from django.db import models
@@ -207,3 +208,89 @@ class Signature(models.Model):
 
     def __str__(self) -> str:
         return f"{self.full_name} for {self.get_side_display()} on {self.agreement.reference}"
+
+
+class AccessRequest(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+        WITHDRAWN = "withdrawn", "Withdrawn"
+
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="access_requests")
+    requester = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    checkpoints = models.ManyToManyField("models_registry.Checkpoint", related_name="access_requests")
+    purpose = models.TextField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decision_reason = models.TextField(blank=True)
+    amendment = models.ForeignKey(
+        Agreement, null=True, blank=True, on_delete=models.SET_NULL, related_name="access_requests"
+    )
+
+    class Meta:
+        # Moved here from the registry with its data: the table keeps its name.
+        db_table = "models_registry_accessrequest"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Access request #{self.pk} by {self.organization}"
+
+
+class AccessGrant(models.Model):
+    """The right of one organisation to use one checkpoint, created by an active agreement."""
+
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="grants")
+    checkpoint = models.ForeignKey("models_registry.Checkpoint", on_delete=models.PROTECT, related_name="grants")
+    agreement = models.ForeignKey(Agreement, on_delete=models.PROTECT, related_name="grants")
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    daily_token_quota = models.PositiveIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoke_reason = models.TextField(blank=True)
+
+    class Meta:
+        db_table = "models_registry_accessgrant"
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["agreement", "checkpoint"], name="one_grant_per_agreement_checkpoint"),
+            models.CheckConstraint(
+                condition=models.Q(ends_at__gt=models.F("starts_at")), name="grant_ends_after_start"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization} → {self.checkpoint}"
+
+    def is_live(self, now: datetime | None = None) -> bool:
+        now = now or timezone.now()
+        return self.revoked_at is None and self.starts_at <= now < self.ends_at
+
+
+class GrantUsage(models.Model):
+    """Tokens charged to one grant on one UTC day: the ledger the daily quota is checked against.
+
+    Submission reserves a job's most it can generate; the job's end settles the reservation to what
+    it generated (or releases it). Rows are locked while they change, so two submissions at once
+    cannot both fit into the last of a quota.
+    """
+
+    grant = models.ForeignKey(AccessGrant, on_delete=models.PROTECT, related_name="usage")
+    day = models.DateField(help_text="The UTC day the tokens count against.")
+    tokens_reserved = models.PositiveBigIntegerField(default=0, help_text="Queued and running jobs' most.")
+    tokens_used = models.PositiveBigIntegerField(default=0, help_text="What finished jobs generated.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["grant", "day"], name="one_usage_row_per_grant_day")]
+
+    def __str__(self) -> str:
+        return f"{self.grant} on {self.day}: {self.tokens_charged:,} tokens"
+
+    @property
+    def tokens_charged(self) -> int:
+        return self.tokens_reserved + self.tokens_used

@@ -361,7 +361,7 @@ def signature_block_html(
         f"<p>Date: {date_html}</p>"
         "</div>"
     )
-    if signed:
+    if signed_at is not None:
         who = ", ".join(part for part in (name, title) if part) or "an authorised signatory"
         text = f"{side_label}: signed by {who} on {_utc(signed_at)}"
     else:

@@ -1,24 +1,45 @@
-"""Every write to templates and agreements: one transaction, one audit event, follow-ups on commit."""
+"""Every write to templates, agreements, grants, the usage ledger and access requests: one transaction,
+one audit event, follow-ups on commit."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, QuerySet
 from django.utils import timezone
 
 from accounts.models import PARTNER_ROLES, Organization, Role, User
 from accounts.permissions import REAUTH_WINDOW, require_role, role_of
-from agreements import rendering, tasks
-from agreements.models import Agreement, AgreementTemplate, InvalidTransition, Signature, TemplateVersion
-from agreements.selectors import AGREEMENT_MANAGERS, TEMPLATE_EDITORS, agreement_render, missing_values
+from agreements import hooks, rendering, tasks
+from agreements.models import (
+    AccessGrant,
+    AccessRequest,
+    Agreement,
+    AgreementTemplate,
+    GrantUsage,
+    InvalidTransition,
+    Signature,
+    TemplateVersion,
+)
+from agreements.selectors import (
+    AGREEMENT_MANAGERS,
+    REQUEST_REVIEWERS,
+    TEMPLATE_EDITORS,
+    AccessDecision,
+    access_check,
+    agreement_render,
+    missing_values,
+)
 from audit import events
-from audit import tasks as audit_tasks
+from audit.models import AuditEvent
 from audit.services import audit_record
-from core.validators import clean_purpose
+from core.time import day_start
+from core.validators import clean_purpose, clean_reason
 from models_registry.models import Checkpoint
 
 CONSENT_TEXT = (
@@ -161,7 +182,7 @@ def _validate_terms(
     term_months: int,
     daily_token_quota: int,
     purpose: str,
-) -> dict:
+) -> dict[str, Any]:
     errors: dict[str, str] = {}
     # Judge the version as it is now, not as the caller last read it (it may have been retired since).
     template_version = TemplateVersion.objects.select_related("template").get(pk=template_version.pk)
@@ -295,7 +316,7 @@ def agreement_update(
     return agreement
 
 
-def agreement_amend(*, actor: User, agreement: Agreement, extra_checkpoints: list[Checkpoint] = ()) -> Agreement:
+def agreement_amend(*, actor: User, agreement: Agreement, extra_checkpoints: Sequence[Checkpoint] = ()) -> Agreement:
     """A draft amendment prefilled from an active agreement (legal then adjusts checkpoints, quota or term)."""
     require_role(actor, *AGREEMENT_MANAGERS)
     version = _latest_published(agreement.template_version.template)
@@ -315,7 +336,7 @@ def agreement_amend(*, actor: User, agreement: Agreement, extra_checkpoints: lis
     )
 
 
-def agreement_amend_for_request(*, actor: User, access_request) -> Agreement:
+def agreement_draft_for_request(*, actor: User, access_request: AccessRequest) -> Agreement:
     """An approved access request opens a prefilled draft: an amendment, or a first agreement."""
     organization = access_request.organization
     requested = list(access_request.checkpoints.all())
@@ -530,10 +551,8 @@ def _record_signature(
 
 def _activate(*, actor: User, agreement: Agreement) -> None:
     """The agreement is now active: its grants start, and an amendment may supersede the original."""
-    from models_registry.services import grants_create_for_agreement
-
     grants_create_for_agreement(agreement=agreement, actor=actor)
-    audit_tasks.seal_agreement_record.delay_on_commit(agreement.pk, "activated")
+    hooks.agreement_milestone(agreement, "activated")
     if agreement.amends_id and agreement.replaces_amended:
         original = Agreement.objects.select_for_update().get(pk=agreement.amends_id)
         if original.can("supersede"):
@@ -548,15 +567,13 @@ def _activate(*, actor: User, agreement: Agreement) -> None:
 
 
 def _end(*, actor: User | None, agreement: Agreement, step: str, action: str, reason: str) -> Agreement:
-    from models_registry.services import grants_revoke_for_agreement
-
     _step(agreement, step)
     agreement.ended_at = timezone.now()
     agreement.end_reason = reason
     agreement.save(update_fields=["status", "ended_at", "end_reason"])
     audit_record(actor=actor, action=action, target=agreement, data={"reason": reason})
     grants_revoke_for_agreement(agreement=agreement, actor=actor, reason=f"agreement {agreement.reference} {reason}")
-    audit_tasks.seal_agreement_record.delay_on_commit(agreement.pk, "ended")
+    hooks.agreement_milestone(agreement, "ended")
     return agreement
 
 
@@ -663,6 +680,276 @@ def agreements_remind_due(*, now: datetime | None = None) -> list[str]:
     reminded = []
     for agreement in Agreement.objects.filter(status=Agreement.Status.OUT_FOR_SIGNATURE, sent_at__lte=cutoff):
         last = agreement.last_reminder_at or agreement.sent_at
+        assert last is not None  # the query matched sent agreements only
         if last <= cutoff and agreement_remind(agreement=agreement):
             reminded.append(agreement.reference)
     return reminded
+
+
+# --- Grants: created by an agreement becoming active, revoked when it ends -------------------------
+
+
+@transaction.atomic
+def grants_create_for_agreement(*, agreement: Agreement, actor: User | None) -> list[AccessGrant]:
+    """An agreement became active: grant its organisation each checkpoint for its term and quota."""
+    starts, ends = day_start(agreement.effective_date), day_start(agreement.end_date)
+    grants = []
+    for checkpoint in agreement.checkpoints.order_by("parameter_count"):
+        grant = AccessGrant.objects.create(
+            organization=agreement.organization,
+            checkpoint=checkpoint,
+            agreement=agreement,
+            starts_at=starts,
+            ends_at=ends,
+            daily_token_quota=agreement.daily_token_quota,
+        )
+        audit_record(
+            actor=actor,
+            action=events.GRANT_CREATED,
+            target=grant,
+            organization=agreement.organization,
+            data={
+                "agreement": agreement.reference,
+                "checkpoint": checkpoint.slug,
+                "starts_at": starts.isoformat(),
+                "ends_at": ends.isoformat(),
+                "daily_token_quota": agreement.daily_token_quota,
+            },
+        )
+        grants.append(grant)
+    return grants
+
+
+def _grants_revoke(grants: QuerySet[AccessGrant], *, actor: User | None, reason: str, now: datetime) -> list[int]:
+    """Revoke each live grant of `grants` with the reason partners and auditors see; one event each."""
+    revoked = []
+    for grant in grants.select_for_update().filter(revoked_at=None).select_related("agreement", "checkpoint"):
+        grant.revoked_at = now
+        grant.revoke_reason = reason
+        grant.save(update_fields=["revoked_at", "revoke_reason"])
+        data = {"agreement": grant.agreement.reference, "checkpoint": grant.checkpoint.slug, "reason": reason}
+        if reason == "expired":
+            data["ends_at"] = grant.ends_at.isoformat()
+        audit_record(actor=actor, action=events.GRANT_REVOKED, target=grant, organization=grant.organization, data=data)
+        revoked.append(grant.pk)
+    return revoked
+
+
+@transaction.atomic
+def grants_revoke_for_agreement(*, agreement: Agreement, actor: User | None, reason: str) -> int:
+    """Revoke every live grant an agreement created."""
+    return len(_grants_revoke(agreement.grants.all(), actor=actor, reason=reason, now=timezone.now()))
+
+
+@transaction.atomic
+def grants_revoke_for_checkpoint(*, checkpoint: Checkpoint, actor: User, reason: str) -> list[int]:
+    """Revoke every live grant of a checkpoint (the kill switch); returns their ids."""
+    return _grants_revoke(checkpoint.grants.all(), actor=actor, reason=reason, now=timezone.now())
+
+
+@transaction.atomic
+def grants_revoke_expired(*, now: datetime | None = None) -> int:
+    """Revoke grants past their end (beat, hourly). access_check already refuses them; this records it."""
+    now = now or timezone.now()
+    return len(_grants_revoke(AccessGrant.objects.filter(ends_at__lte=now), actor=None, reason="expired", now=now))
+
+
+# --- The daily usage ledger: inference reserves tokens at submission and settles them at the end -----
+
+
+def _usage_row(grant: AccessGrant, day: date) -> GrantUsage:
+    """The grant's row for `day`, locked for the rest of the transaction (made if missing)."""
+    usage = GrantUsage.objects.select_for_update().filter(grant=grant, day=day).first()
+    if usage is None:
+        # Two first submissions of the day may race to create the row: one wins, both then lock it.
+        GrantUsage.objects.bulk_create([GrantUsage(grant=grant, day=day)], ignore_conflicts=True)
+        usage = GrantUsage.objects.select_for_update().get(grant=grant, day=day)
+    return usage
+
+
+@transaction.atomic
+def usage_reserve(
+    *, organization: Organization, checkpoint: Checkpoint, tokens: int, now: datetime | None = None
+) -> AccessDecision:
+    """Ask the choke point for `tokens` more today and, if allowed, reserve them on the grant's ledger.
+
+    The grant's row for the day is locked before the quota is read, so two submissions at once are
+    checked one after the other and cannot both fit into the last of the quota. A refusal reserves
+    nothing; the caller raises it (and audits it with access_refusal_log).
+    """
+    now = now or timezone.now()
+    decision = access_check(organization=organization, checkpoint=checkpoint, now=now, check_quota=False)
+    if not decision.allowed:
+        return decision
+    assert decision.grant is not None
+    usage = _usage_row(decision.grant, now.astimezone(UTC).date())
+    decision = access_check(organization=organization, checkpoint=checkpoint, tokens=tokens, now=now)
+    if decision.allowed:
+        assert decision.grant is not None
+        if decision.grant.pk != usage.grant_id:
+            usage = _usage_row(decision.grant, usage.day)
+        usage.tokens_reserved += tokens
+        usage.save(update_fields=["tokens_reserved"])
+    return decision
+
+
+@transaction.atomic
+def usage_settle(*, grant: AccessGrant, day: date, reserved: int, used: int) -> None:
+    """A job ended: its reservation made on `day` becomes what it generated (0 when it never ran)."""
+    usage = _usage_row(grant, day)
+    usage.tokens_reserved = max(usage.tokens_reserved - reserved, 0)
+    usage.tokens_used += used
+    usage.save(update_fields=["tokens_reserved", "tokens_used"])
+
+
+# --- Refusals at the choke point -------------------------------------------------------------------
+
+
+@transaction.atomic
+def access_refusal_log(
+    *, actor: User | None, organization: Organization, checkpoint: Checkpoint, decision: AccessDecision
+) -> AuditEvent:
+    """Audit a refusal from selectors.access_check; every caller that acts on one must call this.
+
+    Call it outside any transaction the caller is about to roll back, or the event goes with it.
+    """
+    return audit_record(
+        actor=actor,
+        action=events.ACCESS_REFUSED,
+        target=checkpoint,
+        organization=organization,
+        data={
+            "checkpoint": checkpoint.slug,
+            "code": decision.code,
+            "message": decision.message,
+            "grant": decision.grant.pk if decision.grant else None,
+            "quota_left": decision.quota_left,
+        },
+    )
+
+
+# --- Access requests -----------------------------------------------------------------------------
+
+
+@transaction.atomic
+def access_request_create(*, actor: User, checkpoints: list[Checkpoint], purpose: str) -> AccessRequest:
+    """A partner user asks for access to one or more checkpoints, for a stated purpose.
+
+    A checkpoint is pending at most once per organisation: the organisation's row is locked while
+    its pending requests are checked, so of two requests sent at once the second waits for the
+    first, then sees it and is refused with its number.
+    """
+    require_role(actor, *PARTNER_ROLES)
+    organization = Organization.objects.select_for_update().get(pk=actor.membership.organization_id)
+    errors: dict[str, list[str]] = {}
+    try:
+        purpose = clean_purpose(purpose)
+    except ValidationError as exc:
+        errors.update(exc.message_dict)
+    checkpoints = sorted(set(checkpoints), key=lambda c: c.parameter_count)
+    if not checkpoints:
+        errors["checkpoints"] = ["Choose at least one checkpoint."]
+    else:
+        problems = [
+            f"{c.slug} is {c.get_status_display().lower()} and cannot be requested."
+            for c in Checkpoint.objects.filter(pk__in=[c.pk for c in checkpoints]).order_by("parameter_count")
+            if c.status != Checkpoint.Status.AVAILABLE
+        ]
+        pending = (
+            AccessRequest.objects.filter(
+                organization=organization, status=AccessRequest.Status.PENDING, checkpoints__in=checkpoints
+            )
+            .values_list("pk", "checkpoints__slug")
+            .order_by("pk")
+        )
+        problems += [
+            f"{slug} is already requested (request #{pk} is pending)."
+            for pk, slug in pending
+            if slug in {c.slug for c in checkpoints}
+        ]
+        if problems:
+            errors["checkpoints"] = problems
+    if not organization.active:
+        errors.setdefault("__all__", []).append(f"{organization.name} is deactivated; it cannot request access.")
+    if errors:
+        raise ValidationError(errors)
+    access_request = AccessRequest.objects.create(organization=organization, requester=actor, purpose=purpose)
+    access_request.checkpoints.set(checkpoints)
+    audit_record(
+        actor=actor,
+        action=events.ACCESS_REQUEST_CREATED,
+        target=access_request,
+        data={"checkpoints": [c.slug for c in checkpoints], "purpose": purpose},
+    )
+    return access_request
+
+
+def _lock_pending(access_request: AccessRequest) -> AccessRequest:
+    access_request = AccessRequest.objects.select_for_update().get(pk=access_request.pk)
+    if access_request.status != AccessRequest.Status.PENDING:
+        raise ValidationError(
+            f"Access request #{access_request.pk} is already {access_request.get_status_display().lower()}."
+        )
+    return access_request
+
+
+@transaction.atomic
+def access_request_withdraw(*, actor: User, access_request: AccessRequest) -> AccessRequest:
+    """The requesting organisation takes back a request still waiting for review."""
+    require_role(actor, *PARTNER_ROLES)
+    if actor.membership.organization_id != access_request.organization_id:
+        raise PermissionDenied("Only the requesting organisation can withdraw its request.")
+    access_request = _lock_pending(access_request)
+    access_request.status = AccessRequest.Status.WITHDRAWN
+    access_request.decided_at = timezone.now()
+    access_request.decided_by = actor
+    access_request.save(update_fields=["status", "decided_at", "decided_by"])
+    audit_record(actor=actor, action=events.ACCESS_REQUEST_WITHDRAWN, target=access_request)
+    return access_request
+
+
+@transaction.atomic
+def access_request_approve(*, actor: User, access_request: AccessRequest) -> AccessRequest:
+    """Approve a request: it opens a prefilled draft amendment (or first agreement) for legal to finish.
+
+    Approval grants nothing by itself; access follows once that agreement is signed and active.
+    """
+    require_role(actor, *REQUEST_REVIEWERS)
+    access_request = _lock_pending(access_request)
+    unavailable = [
+        c for c in access_request.checkpoints.order_by("parameter_count") if c.status != Checkpoint.Status.AVAILABLE
+    ]
+    if unavailable:
+        names = ", ".join(f"{c.slug} is {c.get_status_display().lower()}" for c in unavailable)
+        raise ValidationError(f"This request cannot be approved now: {names}. Reject it with that reason instead.")
+    amendment = agreement_draft_for_request(actor=actor, access_request=access_request)
+    access_request.status = AccessRequest.Status.APPROVED
+    access_request.decided_at = timezone.now()
+    access_request.decided_by = actor
+    access_request.amendment = amendment
+    access_request.save(update_fields=["status", "decided_at", "decided_by", "amendment"])
+    audit_record(
+        actor=actor,
+        action=events.ACCESS_REQUEST_APPROVED,
+        target=access_request,
+        data={
+            "checkpoints": [c.slug for c in access_request.checkpoints.order_by("parameter_count")],
+            "agreement": amendment.reference,
+        },
+    )
+    return access_request
+
+
+@transaction.atomic
+def access_request_reject(*, actor: User, access_request: AccessRequest, reason: str) -> AccessRequest:
+    """Reject with a reason the partner sees; they may apply again."""
+    require_role(actor, *REQUEST_REVIEWERS)
+    reason = clean_reason(reason, required=True, what="the partner sees it")
+    access_request = _lock_pending(access_request)
+    access_request.status = AccessRequest.Status.REJECTED
+    access_request.decided_at = timezone.now()
+    access_request.decided_by = actor
+    access_request.decision_reason = reason
+    access_request.save(update_fields=["status", "decided_at", "decided_by", "decision_reason"])
+    audit_record(actor=actor, action=events.ACCESS_REQUEST_REJECTED, target=access_request, data={"reason": reason})
+    return access_request

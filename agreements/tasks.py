@@ -94,3 +94,11 @@ def remind_signatories() -> list[str]:
     from agreements.services import agreements_remind_due
 
     return agreements_remind_due()
+
+
+@shared_task(ignore_result=True)
+def grants_revoke_expired() -> int:
+    """Hourly: revoke grants past their end. Idempotent: a revoked grant is not picked up again."""
+    from agreements.services import grants_revoke_expired as revoke
+
+    return revoke()

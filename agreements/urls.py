@@ -22,4 +22,12 @@ urlpatterns = [
     path("agreements/<int:pk>/amend/", views.agreement_amend, name="agreement_amend"),
     path("agreements/<int:pk>/sign/", views.agreement_sign, name="agreement_sign"),
     path("agreements/<int:pk>/decline/", views.agreement_decline, name="agreement_decline"),
+    path("checkpoints/", views.checkpoint_list, name="checkpoint_list"),
+    path("checkpoints/<slug:slug>/", views.checkpoint_detail, name="checkpoint_detail"),
+    path("access-requests/", views.access_request_list, name="access_request_list"),
+    path("access-requests/new/", views.access_request_create, name="access_request_create"),
+    path("access-requests/<int:pk>/", views.access_request_detail, name="access_request_detail"),
+    path("access-requests/<int:pk>/withdraw/", views.access_request_withdraw, name="access_request_withdraw"),
+    path("access-requests/<int:pk>/approve/", views.access_request_approve, name="access_request_approve"),
+    path("access-requests/<int:pk>/reject/", views.access_request_reject, name="access_request_reject"),
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -17,29 +18,35 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.dateformat import format as date_format
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from accounts.models import LAB_ROLES, PARTNER_ROLES, Organization, Role, User
-from accounts.permissions import REAUTH_WINDOW, require_role, role_of
+from accounts.permissions import REAUTH_WINDOW, has_role, request_user, require_role, role_of
 from accounts.selectors import organization_list
 from accounts.views import apply_validation_error, reauthentication_links, recent_authentication
 from agreements import rendering, selectors, services
 from agreements.forms import (
+    AccessRequestForm,
     AgreementFilterForm,
     AgreementForm,
     DiffForm,
     ReasonForm,
+    RejectForm,
     SignForm,
     TemplateCreateForm,
     TemplateVersionForm,
 )
-from agreements.models import Agreement, AgreementTemplate, TemplateVersion
+from agreements.models import AccessRequest, Agreement, AgreementTemplate, TemplateVersion
 from audit.middleware import client_ip
+from models_registry import selectors as registry_selectors
+from models_registry.forms import CheckpointStatusForm
+from models_registry.models import Checkpoint
 
 DEFAULT_TEMPLATE_PATH = Path(__file__).resolve().parent / "default_template.md"
 
@@ -53,7 +60,7 @@ def _error_text(error: ValidationError) -> str:
     return " ".join(error.messages)
 
 
-def _posted(request: HttpRequest) -> object:
+def _posted(request: HttpRequest) -> QueryDict | None:
     """The submitted data on POST (even if empty, so a blank submission shows what is missing), else None."""
     return request.POST if request.method == "POST" else None
 
@@ -92,8 +99,8 @@ def _preview_context(body: str, *, editing: bool = False) -> dict[str, object]:
 
 @login_required
 def template_list(request: HttpRequest) -> HttpResponse:
-    templates = selectors.template_list(user=request.user)
-    context = {"templates": templates, "can_edit": _can_edit_templates(request.user)}
+    templates = selectors.template_list(user=request_user(request))
+    context = {"templates": templates, "can_edit": _can_edit_templates(request_user(request))}
     return render(request, "agreements/template_list.html", context)
 
 
@@ -103,7 +110,7 @@ def template_create(request: HttpRequest) -> HttpResponse:
     form = TemplateCreateForm(_posted(request), initial={"body": default_template_body()})
     if request.method == "POST" and form.is_valid():
         try:
-            version = services.template_create(actor=request.user, **form.cleaned_data)
+            version = services.template_create(actor=request_user(request), **form.cleaned_data)
         except ValidationError as exc:
             apply_validation_error(form, exc)
         else:
@@ -115,7 +122,7 @@ def template_create(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def template_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    template = selectors.template_get(user=request.user, pk=pk)
+    template = selectors.template_get(user=request_user(request), pk=pk)
     versions = list(template.versions.select_related("created_by", "published_by").order_by("-number"))
     draft = next((v for v in versions if v.is_draft), None)
     context = {
@@ -123,7 +130,7 @@ def template_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "versions": versions,
         "draft": draft,
         "latest": versions[0] if versions else None,
-        "can_edit": _can_edit_templates(request.user),
+        "can_edit": _can_edit_templates(request_user(request)),
         "diff_form": _default_diff_form(template, versions),
     }
     return render(request, "agreements/template_detail.html", context)
@@ -139,8 +146,8 @@ def _default_diff_form(template: AgreementTemplate, versions: list[TemplateVersi
 @login_required
 def template_version_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """A draft opens in the editor (for editors); a published or retired version is read-only."""
-    version = selectors.template_version_get(user=request.user, pk=pk)
-    can_edit = _can_edit_templates(request.user)
+    version = selectors.template_version_get(user=request_user(request), pk=pk)
+    can_edit = _can_edit_templates(request_user(request))
     editable = version.is_draft and can_edit
     if request.method == "POST" and not editable:
         require_role(request.user, *selectors.TEMPLATE_EDITORS)
@@ -149,7 +156,7 @@ def template_version_detail(request: HttpRequest, pk: int) -> HttpResponse:
     form = TemplateVersionForm(_posted(request), initial={"body": version.body}) if editable else None
     if form is not None and request.method == "POST" and form.is_valid():
         try:
-            services.template_version_save(actor=request.user, version=version, body=form.cleaned_data["body"])
+            services.template_version_save(actor=request_user(request), version=version, body=form.cleaned_data["body"])
         except ValidationError as exc:
             apply_validation_error(form, exc)
         else:
@@ -186,9 +193,9 @@ def template_preview(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def template_version_publish(request: HttpRequest, pk: int) -> HttpResponse:
-    version = selectors.template_version_get(user=request.user, pk=pk)
+    version = selectors.template_version_get(user=request_user(request), pk=pk)
     try:
-        version = services.template_version_publish(actor=request.user, version=version)
+        version = services.template_version_publish(actor=request_user(request), version=version)
     except ValidationError as exc:
         messages.error(request, _error_text(exc))
     else:
@@ -199,9 +206,9 @@ def template_version_publish(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def template_version_retire(request: HttpRequest, pk: int) -> HttpResponse:
-    version = selectors.template_version_get(user=request.user, pk=pk)
+    version = selectors.template_version_get(user=request_user(request), pk=pk)
     try:
-        version = services.template_version_retire(actor=request.user, version=version)
+        version = services.template_version_retire(actor=request_user(request), version=version)
     except ValidationError as exc:
         messages.error(request, _error_text(exc))
     else:
@@ -212,17 +219,18 @@ def template_version_retire(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def template_new_draft(request: HttpRequest, pk: int) -> HttpResponse:
-    template = selectors.template_get(user=request.user, pk=pk)
-    version = services.template_version_new_draft(actor=request.user, template=template)
+    template = selectors.template_get(user=request_user(request), pk=pk)
+    version = services.template_version_new_draft(actor=request_user(request), template=template)
     messages.success(request, f"Draft {version.label} of {template.name} is open for editing.")
     return redirect("template_version", pk=version.pk)
 
 
 @login_required
 def template_diff(request: HttpRequest, pk: int) -> HttpResponse:
-    template = selectors.template_get(user=request.user, pk=pk)
+    template = selectors.template_get(user=request_user(request), pk=pk)
     versions = template.versions.order_by("-number")
     form = DiffForm(request.GET or None, versions=versions)
+    shown: DiffForm | None = form  # None when there are not two versions to compare yet
     rows, left, right = [], None, None
     if form.is_bound and form.is_valid():
         left, right = form.cleaned_data["left"], form.cleaned_data["right"]
@@ -238,16 +246,16 @@ def template_diff(request: HttpRequest, pk: int) -> HttpResponse:
             for row in rendering.render_diff(left.body, right.body)
         ]
     elif not form.is_bound:
-        form = _default_diff_form(template, list(versions))
+        shown = _default_diff_form(template, list(versions))
     context = {
         "template": template,
-        "form": form,
+        "form": shown,
         "rows": rows,
         "left": left,
         "right": right,
         "changed": sum(1 for row in rows if row["kind"] != "equal"),
     }
-    return render(request, "agreements/template_diff.html", context, status=400 if form and form.errors else 200)
+    return render(request, "agreements/template_diff.html", context, status=400 if shown and shown.errors else 200)
 
 
 # --- Agreements -------------------------------------------------------------------------------------
@@ -257,10 +265,10 @@ def _partner_organizations(user: User) -> QuerySet[Organization]:
     return organization_list(user=user).filter(kind=Organization.Kind.PARTNER, active=True)
 
 
-def _agreement_form(request: HttpRequest, *, agreement: Agreement | None = None, **kwargs: object) -> AgreementForm:
+def _agreement_form(request: HttpRequest, *, agreement: Agreement | None = None, **kwargs: Any) -> AgreementForm:
     return AgreementForm(
         request.POST if request.method == "POST" else None,
-        organizations=None if agreement else _partner_organizations(request.user),
+        organizations=None if agreement else _partner_organizations(request_user(request)),
         versions=selectors.published_versions().order_by("template__name", "-number"),
         checkpoints=selectors.grantable_checkpoints(),
         amendment=bool(agreement and agreement.amends_id),
@@ -275,13 +283,15 @@ def agreement_list(request: HttpRequest) -> HttpResponse:
     statuses = [c for c in Agreement.Status.choices if is_lab or c[0] != Agreement.Status.DRAFT]
     form = AgreementFilterForm(
         request.GET or None,
-        organizations=organization_list(user=request.user).filter(kind=Organization.Kind.PARTNER) if is_lab else None,
+        organizations=organization_list(user=request_user(request)).filter(kind=Organization.Kind.PARTNER)
+        if is_lab
+        else None,
         statuses=statuses,
     )
     filters = {}
     if form.is_bound and form.is_valid():
         filters = {"organization": form.cleaned_data.get("organization"), "status": form.cleaned_data["status"]}
-    agreements = selectors.agreement_list(user=request.user, **filters)
+    agreements = selectors.agreement_list(user=request_user(request), **filters)
     if form.errors:
         agreements = agreements.none()
     page = Paginator(agreements, 25).get_page(request.GET.get("page"))
@@ -310,7 +320,7 @@ def agreement_create(request: HttpRequest) -> HttpResponse:
     form = _agreement_form(request, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
-            agreement = services.agreement_create(actor=request.user, **form.service_kwargs())
+            agreement = services.agreement_create(actor=request_user(request), **form.service_kwargs())
         except ValidationError as exc:
             apply_validation_error(form, exc)
         else:
@@ -322,7 +332,7 @@ def agreement_create(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def agreement_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    agreement = selectors.agreement_get(user=request.user, pk=pk)
+    agreement = selectors.agreement_get(user=request_user(request), pk=pk)
     require_role(request.user, *selectors.AGREEMENT_MANAGERS)
     if not agreement.is_editable:
         messages.error(request, f"{agreement.reference} was sent and can no longer change; void it and draft again.")
@@ -330,7 +340,7 @@ def agreement_edit(request: HttpRequest, pk: int) -> HttpResponse:
     form = _agreement_form(request, agreement=agreement, initial=AgreementForm.initial_for(agreement))
     if request.method == "POST" and form.is_valid():
         try:
-            services.agreement_update(actor=request.user, agreement=agreement, **form.service_kwargs())
+            services.agreement_update(actor=request_user(request), agreement=agreement, **form.service_kwargs())
         except ValidationError as exc:
             apply_validation_error(form, exc)
         else:
@@ -344,8 +354,8 @@ def _timeline(agreement: Agreement) -> list[tuple[str, datetime, str]]:
     """(what happened, when, detail) in order; only the steps that have happened."""
     entries = [("Drafted", agreement.created_at, f"by {agreement.created_by.get_full_name()}")]
     if agreement.sent_at:
-        due = agreement.signature_due_at
-        due = f"to be signed by {date_format(due, 'j M Y')}" if due else ""
+        due_at = agreement.signature_due_at
+        due = f"to be signed by {date_format(due_at, 'j M Y')}" if due_at else ""
         entries.append(("Sent for signature", agreement.sent_at, due))
     if agreement.last_reminder_at:
         entries.append(("Reminder sent", agreement.last_reminder_at, f"{agreement.reminders_sent} in all"))
@@ -380,7 +390,7 @@ def _render_detail(
         "checkpoints": sorted(agreement.checkpoints.all(), key=lambda c: c.parameter_count),
         "signatures": selectors.agreement_signatures(agreement),
         "timeline": _timeline(agreement),
-        "amendments": selectors.agreement_list(user=request.user).filter(amends=agreement),
+        "amendments": selectors.agreement_list(user=request_user(request)).filter(amends=agreement),
         "can_manage": manager,
         "is_lab": role in LAB_ROLES,
         "can_edit": manager and agreement.is_editable,
@@ -406,9 +416,9 @@ def _terminate_form(data: object = None) -> ReasonForm:
 
 @login_required
 def agreement_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    agreement = selectors.agreement_get(user=request.user, pk=pk)
+    agreement = selectors.agreement_get(user=request_user(request), pk=pk)
     if role_of(request.user) in PARTNER_ROLES:
-        agreement = services.agreement_mark_viewed(actor=request.user, agreement=agreement)
+        agreement = services.agreement_mark_viewed(actor=request_user(request), agreement=agreement)
     return _render_detail(request, agreement)
 
 
@@ -424,9 +434,9 @@ def _state_error_or_form(request: HttpRequest, agreement: Agreement, form: Reaso
 @login_required
 @require_POST
 def agreement_send(request: HttpRequest, pk: int) -> HttpResponse:
-    agreement = selectors.agreement_get(user=request.user, pk=pk)
+    agreement = selectors.agreement_get(user=request_user(request), pk=pk)
     try:
-        agreement = services.agreement_send(actor=request.user, agreement=agreement)
+        agreement = services.agreement_send(actor=request_user(request), agreement=agreement)
     except ValidationError as exc:
         messages.error(request, f"{agreement.reference} was not sent. {_error_text(exc)}")
     else:
@@ -440,11 +450,13 @@ def agreement_send(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def agreement_void(request: HttpRequest, pk: int) -> HttpResponse:
-    agreement = selectors.agreement_get(user=request.user, pk=pk)
+    agreement = selectors.agreement_get(user=request_user(request), pk=pk)
     form = _void_form(request.POST)
     if form.is_valid():
         try:
-            services.agreement_void(actor=request.user, agreement=agreement, reason=form.cleaned_data["reason"])
+            services.agreement_void(
+                actor=request_user(request), agreement=agreement, reason=form.cleaned_data["reason"]
+            )
         except ValidationError as exc:
             if not _state_error_or_form(request, agreement, form, exc):
                 return redirect("agreement_detail", pk=agreement.pk)
@@ -457,11 +469,13 @@ def agreement_void(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def agreement_terminate(request: HttpRequest, pk: int) -> HttpResponse:
-    agreement = selectors.agreement_get(user=request.user, pk=pk)
+    agreement = selectors.agreement_get(user=request_user(request), pk=pk)
     form = _terminate_form(request.POST)
     if form.is_valid():
         try:
-            services.agreement_terminate(actor=request.user, agreement=agreement, reason=form.cleaned_data["reason"])
+            services.agreement_terminate(
+                actor=request_user(request), agreement=agreement, reason=form.cleaned_data["reason"]
+            )
         except ValidationError as exc:
             if not _state_error_or_form(request, agreement, form, exc):
                 return redirect("agreement_detail", pk=agreement.pk)
@@ -474,9 +488,9 @@ def agreement_terminate(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def agreement_amend(request: HttpRequest, pk: int) -> HttpResponse:
-    agreement = selectors.agreement_get(user=request.user, pk=pk)
+    agreement = selectors.agreement_get(user=request_user(request), pk=pk)
     try:
-        amendment = services.agreement_amend(actor=request.user, agreement=agreement)
+        amendment = services.agreement_amend(actor=request_user(request), agreement=agreement)
     except ValidationError as exc:
         messages.error(request, f"No amendment was drafted. {_error_text(exc)}")
         return redirect("agreement_detail", pk=agreement.pk)
@@ -492,7 +506,7 @@ def agreement_amend(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def agreement_sign(request: HttpRequest, pk: int) -> HttpResponse:
     """Sign for the partner (signatory) or countersign for the lab (legal): the same page and checks."""
-    agreement = selectors.agreement_get(user=request.user, pk=pk)
+    agreement = selectors.agreement_get(user=request_user(request), pk=pk)
     role = role_of(request.user)
     if role == Role.SIGNATORY:
         step, side = "partner_sign", "partner"
@@ -508,9 +522,9 @@ def agreement_sign(request: HttpRequest, pk: int) -> HttpResponse:
         )
         return redirect("agreement_detail", pk=agreement.pk)
     if side == "partner":
-        agreement = services.agreement_mark_viewed(actor=request.user, agreement=agreement)
+        agreement = services.agreement_mark_viewed(actor=request_user(request), agreement=agreement)
     reauth_method, reauth_at = recent_authentication(request)
-    initial = {"document_sha256": agreement.document_sha256, "full_name": request.user.full_name}
+    initial = {"document_sha256": agreement.document_sha256, "full_name": request_user(request).full_name}
     form = SignForm(_posted(request), initial=initial)
     status = 200
     if form.is_bound and any(name in form.errors for name in ("document_sha256", "time_zone")):
@@ -520,7 +534,7 @@ def agreement_sign(request: HttpRequest, pk: int) -> HttpResponse:
         data = form.cleaned_data
         try:
             services.agreement_sign(
-                actor=request.user,
+                actor=request_user(request),
                 agreement=agreement,
                 full_name=data["full_name"],
                 title=data["title"],
@@ -537,8 +551,9 @@ def agreement_sign(request: HttpRequest, pk: int) -> HttpResponse:
             status = 400
             # Nothing was saved. Show the current document and hash, so a retry signs what is on screen.
             agreement.refresh_from_db()
-            form.data = form.data.copy()
-            form.data["document_sha256"] = agreement.document_sha256
+            posted = cast(QueryDict, form.data).copy()
+            posted["document_sha256"] = agreement.document_sha256
+            form.data = posted
         else:
             if side == "partner":
                 messages.success(request, f"You signed {agreement.reference}. The lab countersigns next.")
@@ -561,7 +576,7 @@ def agreement_sign(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 def agreement_decline(request: HttpRequest, pk: int) -> HttpResponse:
-    agreement = selectors.agreement_get(user=request.user, pk=pk)
+    agreement = selectors.agreement_get(user=request_user(request), pk=pk)
     require_role(request.user, Role.SIGNATORY)
     if not agreement.can("decline"):
         messages.info(
@@ -571,7 +586,9 @@ def agreement_decline(request: HttpRequest, pk: int) -> HttpResponse:
     form = ReasonForm(_posted(request), label="Why are you declining?", help_text="The lab sees this reason.")
     if request.method == "POST" and form.is_valid():
         try:
-            services.agreement_decline(actor=request.user, agreement=agreement, reason=form.cleaned_data["reason"])
+            services.agreement_decline(
+                actor=request_user(request), agreement=agreement, reason=form.cleaned_data["reason"]
+            )
         except ValidationError as exc:
             apply_validation_error(form, exc)
         else:
@@ -579,3 +596,154 @@ def agreement_decline(request: HttpRequest, pk: int) -> HttpResponse:
             return redirect("agreement_detail", pk=agreement.pk)
     context = {"agreement": agreement, "form": form}
     return render(request, "agreements/agreement_decline.html", context, status=400 if form.errors else 200)
+
+
+# --- Checkpoints --------------------------------------------------------------------------------
+
+
+@login_required
+def checkpoint_list(request: HttpRequest) -> HttpResponse:
+    """Lab staff see the registry; partner users see what their organisation can use and request."""
+    if role_of(request.user) in PARTNER_ROLES:
+        rows = selectors.partner_checkpoint_overview(user=request_user(request))
+        return render(request, "models_registry/checkpoint_partner_list.html", {"rows": rows})
+    checkpoints = selectors.checkpoint_registry(user=request_user(request))
+    return render(request, "models_registry/checkpoint_list.html", {"checkpoints": checkpoints})
+
+
+@login_required
+def checkpoint_detail(request: HttpRequest, slug: str, status_form: CheckpointStatusForm | None = None) -> HttpResponse:
+    checkpoint = registry_selectors.checkpoint_get(user=request_user(request), slug=slug)
+    grants = selectors.grant_list_for_checkpoint(user=request_user(request), checkpoint=checkpoint)
+    context = {
+        "checkpoint": checkpoint,
+        "grants": Paginator(grants, 50).get_page(request.GET.get("page")),
+        "can_manage": has_role(request.user, Role.LAB_ADMIN),
+        "status_form": status_form or CheckpointStatusForm(),
+        "now": timezone.now(),
+    }
+    status = 400 if status_form is not None and status_form.errors else 200
+    return render(request, "models_registry/checkpoint_detail.html", context, status=status)
+
+
+# --- Access requests ----------------------------------------------------------------------------
+
+
+@login_required
+def access_request_list(request: HttpRequest, reject_forms: dict[int, RejectForm] | None = None) -> HttpResponse:
+    """Partners: their organisation's requests. Lab staff: the review queue, oldest first."""
+    if role_of(request.user) in PARTNER_ROLES:
+        requests = selectors.access_request_list(user=request_user(request))
+        page = Paginator(requests, 50).get_page(request.GET.get("page"))
+        return render(request, "agreements/access_request_list.html", {"page": page})
+
+    queue = list(selectors.access_request_review_queue(user=request_user(request)))
+    grants = selectors.organization_live_grants(organization_ids=sorted({r.organization_id for r in queue}))
+    reject_forms = reject_forms or {}
+    pending = [
+        {"request": r, "grants": grants[r.organization_id], "reject_form": reject_forms.get(r.pk, RejectForm())}
+        for r in queue
+    ]
+    decided = selectors.access_request_list(user=request_user(request)).exclude(status=AccessRequest.Status.PENDING)
+    context = {
+        "pending": pending,
+        "decided": Paginator(decided, 25).get_page(request.GET.get("page")),
+        "can_review": has_role(request.user, *selectors.REQUEST_REVIEWERS),
+    }
+    status = 400 if any(form.errors for form in reject_forms.values()) else 200
+    return render(request, "agreements/access_request_review.html", context, status=status)
+
+
+@login_required
+def access_request_create(request: HttpRequest) -> HttpResponse:
+    require_role(request.user, *PARTNER_ROLES)
+    wanted = Checkpoint.objects.filter(slug__in=request.GET.getlist("checkpoint"))
+    form = AccessRequestForm(request.POST or None, initial={"checkpoints": list(wanted)})
+    if request.method == "POST" and form.is_valid():
+        try:
+            access_request = services.access_request_create(
+                actor=request_user(request),
+                checkpoints=list(form.cleaned_data["checkpoints"]),
+                purpose=form.cleaned_data["purpose"],
+            )
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            messages.success(request, f"Request #{access_request.pk} sent. Legal at the lab will review it.")
+            return redirect("access_request_detail", pk=access_request.pk)
+    context = {
+        "form": form,
+        "checkpoints": Checkpoint.objects.order_by("parameter_count"),
+        "selected": {str(pk) for pk in form["checkpoints"].value() or []},
+    }
+    return render(request, "agreements/access_request_form.html", context, status=400 if form.errors else 200)
+
+
+@login_required
+def access_request_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    access_request = selectors.access_request_get(user=request_user(request), pk=pk)
+    context = {
+        "access_request": access_request,
+        "can_withdraw": role_of(request.user) in PARTNER_ROLES
+        and access_request.status == AccessRequest.Status.PENDING,
+        "can_review": has_role(request.user, *selectors.REQUEST_REVIEWERS)
+        and access_request.status == AccessRequest.Status.PENDING,
+    }
+    return render(request, "agreements/access_request_detail.html", context)
+
+
+@login_required
+@require_POST
+def access_request_withdraw(request: HttpRequest, pk: int) -> HttpResponse:
+    access_request = selectors.access_request_get(user=request_user(request), pk=pk)
+    try:
+        services.access_request_withdraw(actor=request_user(request), access_request=access_request)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Request #{access_request.pk} withdrawn.")
+    return redirect("access_request_detail", pk=access_request.pk)
+
+
+@login_required
+@require_POST
+def access_request_approve(request: HttpRequest, pk: int) -> HttpResponse:
+    """Approve into a prefilled draft amendment, and open it for legal to finish and send."""
+    access_request = selectors.access_request_get(user=request_user(request), pk=pk)
+    try:
+        access_request = services.access_request_approve(actor=request_user(request), access_request=access_request)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect("access_request_list")
+    amendment = access_request.amendment
+    assert amendment is not None  # approving drafts the amendment
+    messages.success(
+        request,
+        f"Request #{access_request.pk} approved. Check draft {amendment.reference}, then send it for signature.",
+    )
+    try:
+        return redirect(reverse("agreement_detail", args=[amendment.pk]))
+    except NoReverseMatch:
+        return redirect("access_request_detail", pk=access_request.pk)
+
+
+@login_required
+@require_POST
+def access_request_reject(request: HttpRequest, pk: int) -> HttpResponse:
+    access_request = selectors.access_request_get(user=request_user(request), pk=pk)
+    require_role(request.user, *selectors.REQUEST_REVIEWERS)
+    form = RejectForm(request.POST)
+    if form.is_valid():
+        try:
+            services.access_request_reject(
+                actor=request_user(request), access_request=access_request, reason=form.cleaned_data["reason"]
+            )
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            messages.success(request, f"Request #{access_request.pk} from {access_request.organization} rejected.")
+            return redirect("access_request_list")
+    if access_request.status != AccessRequest.Status.PENDING:
+        messages.error(request, " ".join(form.non_field_errors()))  # type: ignore[arg-type]  # messages are str
+        return redirect("access_request_list")
+    return access_request_list(request, reject_forms={access_request.pk: form})

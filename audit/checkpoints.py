@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from django.conf import settings
 from django.utils import timezone
 
@@ -100,7 +101,7 @@ def checkpoints_load() -> CheckpointSet:
     return result
 
 
-def _checkpoint_read(path: Path, public_key: Any, cert_sha256: str) -> Checkpoint:
+def _checkpoint_read(path: Path, public_key: CertificatePublicKeyTypes, cert_sha256: str) -> Checkpoint:
     try:
         document = json.loads(path.read_bytes())
     except (OSError, ValueError) as exc:
@@ -203,11 +204,14 @@ def _write_new(path: Path, content: bytes) -> bool:
 # --- The lab's key and certificate ------------------------------------------------------------
 
 
+SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
 def _signed_bytes(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _lab_certificate() -> tuple[Any, str]:
+def _lab_certificate() -> tuple[CertificatePublicKeyTypes, str]:
     """The lab certificate's public key and SHA-256 (of its DER form)."""
     path = Path(settings.RECORDS_CERT_PATH)
     try:
@@ -219,7 +223,7 @@ def _lab_certificate() -> tuple[Any, str]:
     return cert.public_key(), hashlib.sha256(der).hexdigest()
 
 
-def _lab_key() -> tuple[Any, str]:
+def _lab_key() -> tuple[SigningKey, str]:
     """The lab's private sealing key, checked against the certificate it must belong to."""
     path = Path(settings.RECORDS_KEY_PATH)
     try:
@@ -240,13 +244,13 @@ def _lab_key() -> tuple[Any, str]:
     return key, cert_sha256
 
 
-def _sign(private_key: Any, message: bytes) -> bytes:
+def _sign(private_key: SigningKey, message: bytes) -> bytes:
     if isinstance(private_key, ec.EllipticCurvePrivateKey):
         return private_key.sign(message, ec.ECDSA(hashes.SHA256()))
     return private_key.sign(message, _RSA_PADDING, hashes.SHA256())
 
 
-def _signature_valid(public_key: Any, signature: bytes, message: bytes) -> bool:
+def _signature_valid(public_key: CertificatePublicKeyTypes, signature: bytes, message: bytes) -> bool:
     try:
         if isinstance(public_key, ec.EllipticCurvePublicKey):
             public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))

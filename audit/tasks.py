@@ -1,31 +1,11 @@
-"""Sealing agreement records and making exports. Thin, idempotent, by id: each task claims its
-record first, so a redelivered message finds it claimed (or done) and returns."""
+"""The audit chain's own scheduled work. Thin and idempotent."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
 
-@shared_task(autoretry_for=(ConnectionError, TimeoutError), retry_backoff=True, max_retries=5)
-def seal_agreement_record(agreement_id: int, occasion: str, actor_id: int | None = None) -> str | None:
-    """Queued when an agreement becomes active ("activated") and when it ends ("ended")."""
-    from accounts.models import User
-    from audit.services import record_seal_agreement
-
-    actor = User.objects.filter(pk=actor_id).first() if actor_id else None
-    record = record_seal_agreement(agreement_id=agreement_id, occasion=occasion, actor=actor)
-    return record.status if record else None
-
-
-@shared_task(autoretry_for=(ConnectionError, TimeoutError), retry_backoff=True, max_retries=5)
-def run_record_export(record_id: int) -> str | None:
-    from audit.services import record_export_run
-
-    record = record_export_run(record_id=record_id)
-    return record.status if record else None
-
-
-@shared_task
+@shared_task  # type: ignore[untyped-decorator]  # celery ships no type hints
 def chain_checkpoint_write() -> int | None:
     """Hourly: sign the chain head and store it outside the database. Writes nothing when the head
     has not moved, so a redelivered or doubled run is harmless. A chain that does not extend the

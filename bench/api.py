@@ -81,8 +81,8 @@ def _seed() -> str:
 
     from accounts.models import User
     from accounts.services import api_token_create
+    from agreements.models import AccessGrant
     from inference.models import GenerationJob
-    from models_registry.models import AccessGrant
 
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     call_command("seed_demo", stdout=sys.stderr)

@@ -145,8 +145,8 @@ def _agreements() -> dict[int, int]:
 
 def _pipeline_once(agreement_id: int) -> tuple[float, float, int]:
     """One full record: wall and CPU seconds, and the record's page count (the row is removed afterwards)."""
-    from audit.models import SealedRecord
-    from audit.services import record_seal_agreement
+    from records.models import SealedRecord
+    from records.services import record_seal_agreement
 
     started, cpu = time.perf_counter(), time.process_time()
     record = record_seal_agreement(agreement_id=agreement_id, occasion="activated")
@@ -155,7 +155,7 @@ def _pipeline_once(agreement_id: int) -> tuple[float, float, int]:
         raise SystemExit(f"sealing failed: {record.error if record else 'no record'}")
     from pypdf import PdfReader
 
-    from audit.selectors import record_file_path
+    from records.selectors import record_file_path
 
     path = record_file_path(record)
     pages = len(PdfReader(path).pages)
@@ -165,7 +165,7 @@ def _pipeline_once(agreement_id: int) -> tuple[float, float, int]:
 
 
 def _bare_once(html: str) -> tuple[float, float]:
-    from audit import pdf
+    from records import pdf
 
     started, cpu = time.perf_counter(), time.process_time()
     pdf.render_bare(html)
@@ -208,7 +208,7 @@ def main() -> None:
 
 
 def _run(repeats: int) -> dict:
-    from audit import pdf
+    from records import pdf
 
     agreements = _agreements()
     captured: list[str] = []

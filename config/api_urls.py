@@ -3,11 +3,17 @@
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from agreements.api import AgreementDetailApi, AgreementListApi, AgreementPdfApi
-from audit.api import AuditEventListApi, AuditVerifyApi, RecordVerifyApi
-from config.api import not_found
+from agreements.api import (
+    AccessRequestDetailApi,
+    AccessRequestListCreateApi,
+    AgreementDetailApi,
+    AgreementListApi,
+    CheckpointListApi,
+    GrantListApi,
+)
+from core.api import not_found
 from inference.api import JobCancelApi, JobDetailApi, JobListCreateApi
-from models_registry.api import AccessRequestDetailApi, AccessRequestListCreateApi, CheckpointListApi, GrantListApi
+from records.api import AgreementPdfApi, AuditEventListApi, AuditVerifyApi, RecordVerifyApi
 
 app_name = "api"
 

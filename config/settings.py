@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import (
@@ -24,6 +25,9 @@ from config.env import (
     env_url,
     parse_email_url,
 )
+
+# Lets generic Django classes be subscripted at runtime, as in admin.ModelAdmin[AuditEvent].
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("MODELPACT_VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -75,6 +79,8 @@ INSTALLED_APPS = [
     "agreements",
     "models_registry",
     "inference",
+    "records",
+    "portal",
 ]
 
 MIDDLEWARE = [
@@ -107,7 +113,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "accounts.context_processors.navigation",
+                "portal.context_processors.navigation",
             ],
         },
     },
@@ -369,18 +375,18 @@ def _throttle_rate(name: str, default: str) -> str:
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "config.api.TokenAuthentication",  # knox's, leaner; first, so no token answers 401 + WWW-Authenticate
+        "accounts.api.TokenAuthentication",  # knox's, leaner; first, so no token answers 401 + WWW-Authenticate
         "rest_framework.authentication.SessionAuthentication",  # the browser; enforces CSRF
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["config.api.JSONParser"],  # DRF's, refusing nesting deeper than 32 levels
-    "DEFAULT_PAGINATION_CLASS": "config.api.Pagination",
-    "DEFAULT_FILTER_BACKENDS": ["config.api.FilterBackend"],  # django-filter's
-    "DEFAULT_THROTTLE_CLASSES": ["config.api.TokenRateThrottle"],
+    "DEFAULT_PARSER_CLASSES": ["core.api.JSONParser"],  # DRF's, refusing nesting deeper than 32 levels
+    "DEFAULT_PAGINATION_CLASS": "core.api.Pagination",
+    "DEFAULT_FILTER_BACKENDS": ["core.api.FilterBackend"],  # django-filter's
+    "DEFAULT_THROTTLE_CLASSES": ["core.api.TokenRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"api": _throttle_rate("API_THROTTLE_RATE", "600/min")},
-    "EXCEPTION_HANDLER": "config.api.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "config.api_schema.ApiAutoSchema",
+    "EXCEPTION_HANDLER": "core.api.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "core.api_schema.ApiAutoSchema",
     "DATETIME_FORMAT": "iso-8601",
     "COERCE_DECIMAL_TO_STRING": False,
 }
@@ -408,7 +414,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "JobStatusEnum": "inference.models.GenerationJob.Status",
         "AgreementStatusEnum": "agreements.models.Agreement.Status",
-        "AccessRequestStatusEnum": "models_registry.models.AccessRequest.Status",
+        "AccessRequestStatusEnum": "agreements.models.AccessRequest.Status",
         "CheckpointStatusEnum": "models_registry.models.Checkpoint.Status",
     },
 }
@@ -425,7 +431,7 @@ LOGGING = {
 CELERY_BEAT_SCHEDULE = {
     "worker-heartbeat": {"task": "inference.tasks.worker_heartbeat", "schedule": 60.0},
     # Expiry is also checked at every use; this sweep makes the revocation visible and audited.
-    "grants-revoke-expired": {"task": "models_registry.tasks.grants_revoke_expired", "schedule": 3600.0},
+    "grants-revoke-expired": {"task": "agreements.tasks.grants_revoke_expired", "schedule": 3600.0},
     "expire-agreements": {"task": "agreements.tasks.expire_agreements", "schedule": 3600.0},
     "remind-signatories": {"task": "agreements.tasks.remind_signatories", "schedule": 3600.0},
     "sweep-jobs": {"task": "inference.tasks.sweep_jobs", "schedule": INFERENCE_SWEEP_SECONDS},

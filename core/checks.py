@@ -13,7 +13,7 @@ def shared_cache_check(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     """With DEBUG off there are several web processes: the login lock and throttles must be shared."""
     if settings.DEBUG or getattr(settings, "REDIS_URL", None):
         return []
-    backend = settings.CACHES["default"]["BACKEND"]
+    backend = str(settings.CACHES["default"]["BACKEND"])
     if not backend.endswith("LocMemCache"):
         return []
     return [

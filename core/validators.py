@@ -77,3 +77,13 @@ def clean_purpose(purpose: object, *, field: str = "purpose") -> str:
     if len(purpose) > PURPOSE_MAX_CHARS:
         raise ValidationError({field: f"Keep the purpose to 4,000 characters (it has {len(purpose):,})."})
     return purpose
+
+
+def clean_reason(reason: str, *, required: bool, what: str) -> str:
+    """A reason people will read (a rejection, an embargo): at most 2,000 characters; `what` says who reads it."""
+    reason = (reason or "").strip()
+    if required and len(reason) < 5:
+        raise ValidationError({"reason": f"Give a reason (at least a few words); {what}."})
+    if len(reason) > 2000:
+        raise ValidationError({"reason": "Keep the reason under 2,000 characters."})
+    return reason

@@ -23,9 +23,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.api import RoleRequired
 from accounts.models import PARTNER_ROLES
+from accounts.permissions import request_user
 from agreements.models import Agreement
-from config.api import ApiError, CreatedRangeFilterSet, ErrorSerializer, RoleRequired, StrictCharField, utc_iso
+from core.api import ApiError, CreatedRangeFilterSet, ErrorSerializer, StrictCharField
+from core.time import utc_iso
 from inference import selectors, services
 from inference.models import GenerationJob, Sample
 from inference.services import LIMITS, JobParams
@@ -44,7 +47,8 @@ class JobErrorSerializer(serializers.Serializer):
 
 
 class SampleSerializer(serializers.ModelSerializer):
-    label = serializers.SerializerMethodField()
+    # A declared field, taken off the class by DRF; the stubs see it as Field.label.
+    label = serializers.SerializerMethodField()  # type: ignore[assignment]
 
     class Meta:
         model = Sample
@@ -200,7 +204,8 @@ class JobDetailSerializer(JobSerializer):
 
     @extend_schema_field(SampleSerializer(many=True))
     def get_samples(self, job: GenerationJob) -> list[dict[str, Any]]:
-        return SampleSerializer(selectors.job_samples(job), many=True, context={"job": job}).data
+        # many=True makes a ListSerializer, whose data is a list; the stubs type it as one dict.
+        return SampleSerializer(selectors.job_samples(job), many=True, context={"job": job}).data  # type: ignore[return-value]
 
     def to_representation(self, job: GenerationJob) -> dict[str, Any]:
         return {
@@ -286,12 +291,13 @@ class JobListCreateApi(generics.ListAPIView):
     permission_classes = [*generics.ListAPIView.permission_classes, RoleRequired.to("POST", *PARTNER_ROLES)]
 
     def get_queryset(self) -> QuerySet[GenerationJob]:
-        return selectors.job_list(user=self.request.user)
+        return selectors.job_list(user=request_user(self.request))
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """A page read as plain columns (SUMMARY_COLUMNS), not model instances: the list is the hot path."""
         jobs = self.filter_queryset(self.get_queryset())
         page = self.paginate_queryset(jobs.values(*SUMMARY_COLUMNS))
+        assert page is not None  # this list always paginates
         return self.get_paginated_response([job_summary(row) for row in page])
 
     @extend_schema(
@@ -329,10 +335,10 @@ class JobListCreateApi(generics.ListAPIView):
         checkpoint = fields.pop("checkpoint")
         started = timezone.now()
         job = services.job_submit(
-            actor=request.user, checkpoint=checkpoint, params=JobParams(**fields), idempotency_key=key
+            actor=request_user(request), checkpoint=checkpoint, params=JobParams(**fields), idempotency_key=key
         )
         replayed = job.created_at < started
-        job = selectors.job_get(user=request.user, pk=job.pk)
+        job = selectors.job_get(user=request_user(request), pk=job.pk)
         headers = {"Location": f"{request.path}{job.pk}/", "Idempotent-Replayed": "true" if replayed else "false"}
         if selectors.job_dispatch_delayed(job):
             # Saved, but the queue was unreachable: the job is real, and a retry returns it, not a second one.
@@ -347,7 +353,7 @@ class JobDetailApi(generics.RetrieveAPIView):
     serializer_class = JobDetailSerializer
 
     def get_object(self) -> GenerationJob:
-        return selectors.job_get(user=self.request.user, pk=self.kwargs["pk"], with_samples=True)
+        return selectors.job_get(user=request_user(self.request), pk=self.kwargs["pk"], with_samples=True)
 
 
 @extend_schema(
@@ -365,11 +371,11 @@ class JobCancelApi(APIView):
     permission_classes = [*APIView.permission_classes, RoleRequired.to("POST", *PARTNER_ROLES)]
 
     def post(self, request: Request, pk: int) -> Response:
-        job = selectors.job_get(user=request.user, pk=pk)
+        job = selectors.job_get(user=request_user(request), pk=pk)
         try:
-            job = services.job_cancel(actor=request.user, job=job)
+            job = services.job_cancel(actor=request_user(request), job=job)
         except ValidationError as exc:
             raise ApiError(status=409, code="not_cancellable", message=" ".join(exc.messages)) from None
-        job = selectors.job_get(user=request.user, pk=job.pk)
+        job = selectors.job_get(user=request_user(request), pk=job.pk)
         code = status.HTTP_202_ACCEPTED if job.status == GenerationJob.Status.RUNNING else status.HTTP_200_OK
         return Response(JobSerializer(job).data, status=code)

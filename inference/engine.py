@@ -16,9 +16,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 # Before transformers loads huggingface_hub, which reads this once. local_files_only=True on every
 # load is what really keeps a worker off the network; this covers anything else that might ask.
@@ -202,7 +204,7 @@ def _load_model(folder: Path, device: str) -> LoadedModel:
     model = GPT2LMHeadModel.from_pretrained(
         folder, local_files_only=True, use_safetensors=True, dtype=_dtype_for(device)
     )
-    model.to(device).eval()
+    model.to(device).eval()  # type: ignore[arg-type]  # transformers' wrapped .to() types self as an argument
     tokenizer = _load_tokenizer(str(folder))
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return LoadedModel(
@@ -245,7 +247,7 @@ def generate(
     device: str | None = None,
     cache: ModelCache | None = None,
     on_progress: Callable[[dict[Hashable, int]], None] | None = None,
-    should_cancel: Callable[[], set[Hashable]] | None = None,
+    should_cancel: Callable[[], AbstractSet[Hashable]] | None = None,
     progress_interval_s: float = 0.5,
 ) -> list[RequestResult]:
     """Run `requests` against one checkpoint as a single batch, results in request order.
@@ -291,7 +293,8 @@ def generate(
 
     results = [RequestResult(r.key, [], prompt_tokens[n], 0, cancelled=n in stopped) for n, r in enumerate(requests)]
     for row, tokens in zip(rows, generated, strict=True):
-        text = loaded.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        # One sequence of ids decodes to one string (a batch would give a list).
+        text = cast(str, loaded.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False))
         result = results[row.request]
         result.samples.append(SampleResult(row.index, text, len(tokens)))
         result.new_tokens += len(tokens)
@@ -304,7 +307,7 @@ def _decode(
     rows: list[_Row],
     requests: list[GenerationRequest],
     on_progress: Callable[[dict[Hashable, int]], None] | None,
-    should_cancel: Callable[[], set[Hashable]] | None,
+    should_cancel: Callable[[], AbstractSet[Hashable]] | None,
     progress_interval_s: float,
 ) -> tuple[list[list[int]], set[int]]:
     """Decode every row to eos or its own limit; return its tokens and the cancelled requests."""

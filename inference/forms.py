@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any, Literal, cast
 
 from django import forms
 from django.contrib.humanize.templatetags.humanize import intcomma
 
+from agreements.selectors import PartnerCheckpoint
 from inference.models import GenerationJob
 from inference.services import LIMITS, JobParams
 from models_registry.models import Checkpoint
-from models_registry.selectors import PartnerCheckpoint
 
 
-def _between(name: str) -> str:
+def _between(name: Literal["max_new_tokens", "num_samples", "top_k", "seed"]) -> str:
     low, high = LIMITS[name]
     return f"{intcomma(low)} to {intcomma(high)}"
 
@@ -77,7 +78,7 @@ class JobForm(forms.Form):
     # One key per rendered form: a double click or a resubmitted page returns the same job.
     idempotency_key = forms.CharField(widget=forms.HiddenInput, required=False)
 
-    def __init__(self, *args: object, usable: list[PartnerCheckpoint] | None = None, **kwargs: object) -> None:
+    def __init__(self, *args: Any, usable: list[PartnerCheckpoint] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["checkpoint"].widget.choices = [
             (row.checkpoint.slug, self.checkpoint_label(row)) for row in (usable or [])
@@ -146,13 +147,13 @@ class JobFilterForm(forms.Form):
     date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
     date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["status"].error_messages["invalid_choice"] = "Choose a status from the list."
         self.fields["checkpoint"].error_messages["invalid_choice"] = "Choose a checkpoint from the list."
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = cast(dict[str, Any], super().clean())  # Form.clean returns cleaned_data
         if data.get("date_from") and data.get("date_to") and data["date_from"] > data["date_to"]:
             self.add_error("date_to", "The end date is before the start date.")
         return data

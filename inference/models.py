@@ -32,7 +32,7 @@ class GenerationJob(models.Model):
     organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="jobs")
     requester = models.ForeignKey("accounts.User", on_delete=models.PROTECT, related_name="jobs")
     checkpoint = models.ForeignKey("models_registry.Checkpoint", on_delete=models.PROTECT, related_name="jobs")
-    grant = models.ForeignKey("models_registry.AccessGrant", on_delete=models.PROTECT, related_name="jobs")
+    grant = models.ForeignKey("agreements.AccessGrant", on_delete=models.PROTECT, related_name="jobs")
     prompt = models.TextField()
     max_new_tokens = models.PositiveIntegerField()
     temperature = models.FloatField()

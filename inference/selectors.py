@@ -11,10 +11,10 @@ from django.http import Http404
 
 from accounts.models import LAB_ROLES, PARTNER_ROLES, User
 from accounts.permissions import role_of
+from agreements.selectors import PartnerCheckpoint, partner_checkpoint_overview
 from inference.models import GenerationJob, Sample
 from inference.services import queue_for
 from models_registry.models import Checkpoint
-from models_registry.selectors import PartnerCheckpoint, partner_checkpoint_overview
 
 
 def job_list(

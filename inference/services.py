@@ -6,7 +6,8 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import TypedDict
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -18,17 +19,29 @@ from redis.exceptions import RedisError
 
 from accounts.models import PARTNER_ROLES, User
 from accounts.permissions import require_role
+from agreements.selectors import AccessDecision, AccessRefused, access_check
+from agreements.services import access_refusal_log, grants_revoke_for_checkpoint, usage_reserve, usage_settle
 from audit import events
 from audit.services import audit_record
+from core.errors import DomainError
 from inference.models import GenerationJob, Sample
 from inference.tokens import count_prompt_tokens
-from models_registry.models import AccessGrant, Checkpoint
-from models_registry.selectors import AccessDecision, access_check
-from models_registry.services import access_refusal_record
+from models_registry.models import Checkpoint
+from models_registry.services import checkpoint_mark_withdrawn
 
 logger = logging.getLogger(__name__)
 
-LIMITS = {
+
+class Limits(TypedDict):
+    prompt_chars: int
+    max_new_tokens: tuple[int, int]
+    num_samples: tuple[int, int]
+    temperature: tuple[float, float]
+    top_k: tuple[int, int]
+    seed: tuple[int, int]
+
+
+LIMITS: Limits = {
     "prompt_chars": 4000,
     "max_new_tokens": (1, 512),
     "num_samples": (1, 8),
@@ -38,20 +51,16 @@ LIMITS = {
 }
 
 
-class AccessRefused(Exception):
-    """The choke point said no; `decision` names what is missing."""
-
-    def __init__(self, decision: AccessDecision) -> None:
-        super().__init__(decision.message)
-        self.decision = decision
-
-
-class IdempotencyConflict(Exception):
+class IdempotencyConflict(DomainError):
     """The same Idempotency-Key was used before with a different request."""
+
+    status = 409
+    code = "idempotency_conflict"
 
     def __init__(self, job: GenerationJob) -> None:
         super().__init__(
-            f"Idempotency-Key was already used for job #{job.pk} with different parameters; use a new key."
+            f"Idempotency-Key was already used for job #{job.pk} with different parameters; use a new key.",
+            details={"job": job.pk},
         )
         self.job = job
 
@@ -71,7 +80,7 @@ class JobParams:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _in_range(errors: dict, name: str, value, low, high, what: str) -> None:
+def _in_range(errors: dict[str, str], name: str, value: float | None, low: float, high: float, what: str) -> None:
     if value is None or not low <= value <= high:
         errors[name] = f"{what} must be between {low:,} and {high:,}."
 
@@ -138,7 +147,7 @@ def job_submit(
             idempotency_key=idempotency_key,
         )
     except AccessRefused as refused:
-        access_refusal_record(actor=actor, organization=organization, checkpoint=checkpoint, decision=refused.decision)
+        access_refusal_log(actor=actor, organization=organization, checkpoint=checkpoint, decision=refused.decision)
         raise
     except _DuplicateKey:
         previous = GenerationJob.objects.get(organization=organization, idempotency_key=idempotency_key)
@@ -160,17 +169,17 @@ def _create_job(
     *, actor: User, checkpoint: Checkpoint, params: JobParams, prompt_tokens: int, idempotency_key: str | None
 ) -> GenerationJob:
     organization = actor.membership.organization
-    # Lock the organisation's grants on this checkpoint: two submissions at once must not both
-    # fit into the last of the quota.
-    list(AccessGrant.objects.select_for_update().filter(organization=organization, checkpoint=checkpoint))
-    if idempotency_key and GenerationJob.objects.filter(organization=organization, idempotency_key=idempotency_key):
-        raise _DuplicateKey
-    decision = access_check(
-        organization=organization, checkpoint=checkpoint, tokens=params.max_new_tokens * params.num_samples
+    # The reservation locks the grant's usage row for today: two submissions at once are checked one
+    # after the other, so they cannot both fit into the last of the quota (nor both use one key).
+    now = timezone.now()
+    decision = usage_reserve(
+        organization=organization, checkpoint=checkpoint, tokens=params.max_new_tokens * params.num_samples, now=now
     )
     if not decision.allowed:
         raise AccessRefused(decision)
-    now = timezone.now()
+    assert decision.grant is not None  # an allowed decision names its grant
+    if idempotency_key and GenerationJob.objects.filter(organization=organization, idempotency_key=idempotency_key):
+        raise _DuplicateKey  # rolls the reservation back with the transaction
     job = GenerationJob.objects.create(
         organization=organization,
         requester=actor,
@@ -265,6 +274,7 @@ def job_cancel(*, actor: User, job: GenerationJob) -> GenerationJob:
         job.error_code = "cancelled"
         job.error_message = f"Cancelled by {actor.email} before it started."
         job.save(update_fields=["status", "finished_at", "cancel_requested_at", "error_code", "error_message"])
+        _usage_settle(job)
     elif job.status == GenerationJob.Status.RUNNING:
         if job.cancel_requested_at is None:
             job.cancel_requested_at = now
@@ -273,6 +283,63 @@ def job_cancel(*, actor: User, job: GenerationJob) -> GenerationJob:
         raise ValidationError(f"Job #{job.pk} already {job.get_status_display().lower()}; there is nothing to cancel.")
     audit_record(actor=actor, action=events.JOB_CANCELLED, target=job, data={"status": job.status})
     return job
+
+
+def _usage_settle(job: GenerationJob) -> None:
+    """A job ended: the tokens reserved at its submission become what it generated."""
+    usage_settle(
+        grant=job.grant,
+        day=job.created_at.astimezone(UTC).date(),
+        reserved=job.expected_tokens,
+        used=job.tokens_generated or 0,
+    )
+
+
+# --- The kill switch: the highest app it touches orchestrates it ----------------------------------------
+
+
+@transaction.atomic
+def checkpoint_withdraw(*, actor: User, checkpoint: Checkpoint, reason: str) -> Checkpoint:
+    """Withdraw a checkpoint, revoke every grant of it and cancel its queued jobs, in one transaction.
+
+    Running jobs are asked to stop (the worker checks between decoding steps); the worker's own
+    access check refuses anything that slips past.
+    """
+    checkpoint, previous = checkpoint_mark_withdrawn(actor=actor, checkpoint=checkpoint, reason=reason)
+    reason = checkpoint.status_reason
+    revoked = grants_revoke_for_checkpoint(
+        checkpoint=checkpoint, actor=actor, reason=f"checkpoint {checkpoint.slug} withdrawn: {reason}"
+    )
+    now = timezone.now()
+    cancelled = []
+    # Row by row under a lock: a job a worker claimed a moment ago is running, not queued, and is
+    # asked to stop instead.
+    queued = GenerationJob.objects.select_for_update().filter(checkpoint=checkpoint, status=GenerationJob.Status.QUEUED)
+    for job in queued.select_related("grant"):
+        job.status = GenerationJob.Status.CANCELLED
+        job.error_code = "checkpoint_withdrawn"
+        job.error_message = f"Checkpoint {checkpoint.slug} was withdrawn: {reason}"
+        job.finished_at = now
+        job.lease_expires_at = None
+        job.save(update_fields=["status", "error_code", "error_message", "finished_at", "lease_expires_at"])
+        _usage_settle(job)
+        cancelled.append(job.pk)
+    stopping = GenerationJob.objects.filter(
+        checkpoint=checkpoint, status=GenerationJob.Status.RUNNING, cancel_requested_at=None
+    ).update(cancel_requested_at=now)
+    audit_record(
+        actor=actor,
+        action=events.CHECKPOINT_WITHDRAWN,
+        target=checkpoint,
+        data={
+            "reason": reason,
+            "from": previous,
+            "grants_revoked": revoked,
+            "jobs_cancelled": cancelled,
+            "running_jobs_asked_to_stop": stopping,
+        },
+    )
+    return checkpoint
 
 
 # --- Worker side ---------------------------------------------------------------------------------------
@@ -369,7 +436,7 @@ def job_recheck_access(*, job: GenerationJob, worker: str) -> AccessDecision | N
     decision = access_check(organization=job.organization, checkpoint=job.checkpoint, check_quota=False)
     if decision.allowed:
         return None
-    access_refusal_record(actor=None, organization=job.organization, checkpoint=job.checkpoint, decision=decision)
+    access_refusal_log(actor=None, organization=job.organization, checkpoint=job.checkpoint, decision=decision)
     job_fail(job=job, worker=worker, code="access_denied", message=decision.message[:1].upper() + decision.message[1:])
     return decision
 
@@ -425,6 +492,7 @@ def job_complete(
             "batch_size", "timings", "lease_expires_at", "error_code", "error_message",
         ]
     )  # fmt: skip
+    _usage_settle(row)
     audit_record(
         actor=None,
         action=events.JOB_CANCELLED if cancelled else events.JOB_SUCCEEDED,
@@ -455,21 +523,25 @@ def job_fail(*, job: GenerationJob, worker: str | None, code: str, message: str)
     row.error_message = message
     row.lease_expires_at = None
     row.save(update_fields=["status", "finished_at", "error_code", "error_message", "lease_expires_at"])
+    _usage_settle(row)
     audit_record(actor=None, action=events.JOB_FAILED, target=row, organization=row.organization, data={"code": code})
     return True
 
 
-def jobs_sweep(*, now=None) -> dict[str, list[int]]:
+def jobs_sweep(*, now: datetime | None = None) -> dict[str, list[int]]:
     """The database is the truth: recover jobs whose worker died and jobs whose message was lost."""
     now = now or timezone.now()
-    requeued, failed, resent = [], [], []
+    requeued: list[int] = []
+    failed: list[int] = []
+    resent: list[int] = []
     lapsed = GenerationJob.objects.filter(status=GenerationJob.Status.RUNNING, lease_expires_at__lt=now)
     for job in lapsed.select_related("checkpoint", "organization"):
         with transaction.atomic():
-            row = GenerationJob.objects.select_for_update().filter(
-                pk=job.pk, status="running", lease_expires_at__lt=now
+            row = (
+                GenerationJob.objects.select_for_update()
+                .filter(pk=job.pk, status="running", lease_expires_at__lt=now)
+                .first()
             )
-            row = row.first()
             if row is None:
                 continue
             if row.attempts >= settings.INFERENCE_MAX_ATTEMPTS:

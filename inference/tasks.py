@@ -50,14 +50,16 @@ def prepare_generation() -> None:
     On a shared CPU, torch's default of one thread per core made every decoding step many times
     slower (bench/batching.py); importing torch and transformers takes seconds.
     """
-    from inference import engine
+    import torch
+
+    from inference import engine  # noqa: F401  # loads transformers now, not in the first job
 
     if settings.INFERENCE_TORCH_THREADS:
-        engine.torch.set_num_threads(settings.INFERENCE_TORCH_THREADS)
+        torch.set_num_threads(settings.INFERENCE_TORCH_THREADS)
         # Settable once per process; a forked pool child inherits its parent's setting.
         with contextlib.suppress(RuntimeError):
-            engine.torch.set_num_interop_threads(1)
-    logger.info("Generation ready in process %d: torch %d thread(s)", os.getpid(), engine.torch.get_num_threads())
+            torch.set_num_interop_threads(1)
+    logger.info("Generation ready in process %d: torch %d thread(s)", os.getpid(), torch.get_num_threads())
 
 
 @shared_task(bind=True, ignore_result=True)

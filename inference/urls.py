@@ -8,4 +8,5 @@ urlpatterns = [
     path("jobs/<int:pk>/", views.job_detail, name="job_detail"),
     path("jobs/<int:pk>/live/", views.job_live, name="job_live"),
     path("jobs/<int:pk>/cancel/", views.job_cancel, name="job_cancel"),
+    path("checkpoints/<slug:slug>/status/", views.checkpoint_status, name="checkpoint_status"),
 ]

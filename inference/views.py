@@ -13,14 +13,21 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render, resolve_url
 from django.urls import reverse
 from django.views.decorators.http import require_POST
+from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.middleware import HtmxDetails
 
-from accounts.models import LAB_ROLES, PARTNER_ROLES
-from accounts.permissions import require_role, role_of
+from accounts.models import LAB_ROLES, PARTNER_ROLES, Role
+from accounts.permissions import request_user, require_role, role_of
 from accounts.views import apply_validation_error
+from agreements.selectors import AccessRefused
+from agreements.views import checkpoint_detail
 from inference import selectors, services
 from inference.forms import JobFilterForm, JobForm
 from inference.models import GenerationJob
-from inference.services import AccessRefused, IdempotencyConflict
+from inference.services import IdempotencyConflict
+from models_registry import selectors as registry_selectors
+from models_registry import services as registry_services
+from models_registry.forms import CheckpointStatusForm
 
 JOBS_PER_PAGE = 25
 
@@ -32,7 +39,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
     filters = {}
     if form.is_bound and form.is_valid():
         filters = {name: value for name, value in form.cleaned_data.items() if value}
-    jobs = selectors.job_list(user=request.user, **filters)
+    jobs = selectors.job_list(user=request_user(request), **filters)
     if form.errors:
         jobs = jobs.none()
     page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
@@ -53,14 +60,14 @@ def job_list(request: HttpRequest) -> HttpResponse:
 def job_create(request: HttpRequest) -> HttpResponse:
     """The choke point decides: the form offers what is usable now, and a refusal says what is missing."""
     require_role(request.user, *PARTNER_ROLES)
-    options = selectors.job_checkpoint_options(user=request.user)
+    options = selectors.job_checkpoint_options(user=request_user(request))
     form = JobForm(request.POST or None, initial=_initial(request), usable=options.usable)
     refusal = None
     status = 200
     if request.method == "POST" and form.is_valid():
         try:
             job = services.job_submit(
-                actor=request.user,
+                actor=request_user(request),
                 checkpoint=form.cleaned_data["checkpoint"],
                 params=form.params(),
                 idempotency_key=form.cleaned_data["idempotency_key"],
@@ -99,7 +106,7 @@ def _initial(request: HttpRequest) -> dict[str, object]:
     """?from=<job> runs a job again with its settings; ?checkpoint=<slug> preselects a checkpoint."""
     source = request.GET.get("from", "")
     if source.isdigit():
-        return JobForm.initial_from(selectors.job_get(user=request.user, pk=int(source)))
+        return JobForm.initial_from(selectors.job_get(user=request_user(request), pk=int(source)))
     if request.GET.get("checkpoint"):
         return {"checkpoint": request.GET["checkpoint"]}
     return {}
@@ -107,18 +114,21 @@ def _initial(request: HttpRequest) -> dict[str, object]:
 
 @login_required
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    job = selectors.job_get(user=request.user, pk=pk, with_samples=True)
+    job = selectors.job_get(user=request_user(request), pk=pk, with_samples=True)
     return render(request, "inference/job_detail.html", _job_context(request, job))
 
 
-def job_live(request: HttpRequest, pk: int) -> HttpResponse:
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails  # set by django_htmx's middleware
+
+
+def job_live(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """The part of the job page that changes, polled every second until the job finishes."""
     if not request.user.is_authenticated:
         # Signed out while watching (the session expired): a login redirect would be swapped into the
         # page, so ask htmx to load the sign-in page instead, coming back here afterwards.
-        response = HttpResponse(status=204)
-        response["HX-Redirect"] = f"{resolve_url(settings.LOGIN_URL)}?next={reverse('job_detail', args=[pk])}"
-        return response
+        login = f"{resolve_url(settings.LOGIN_URL)}?next={reverse('job_detail', args=[pk])}"
+        return HttpResponseClientRedirect(login) if request.htmx else redirect(login)
     job = selectors.job_get(user=request.user, pk=pk, with_samples=True)
     return render(request, "inference/_job_live_response.html", _job_context(request, job))
 
@@ -129,7 +139,7 @@ def _job_context(request: HttpRequest, job: GenerationJob) -> dict[str, object]:
         "job": job,
         "samples": selectors.job_samples(job) if job.is_finished else [],
         "queue_position": selectors.job_queue_position(job),
-        "can_cancel": selectors.job_can_cancel(user=request.user, job=job),
+        "can_cancel": selectors.job_can_cancel(user=request_user(request), job=job),
         "tokens_per_s": job.tokens_generated / generate_s if generate_s and job.tokens_generated else None,
         "can_submit": role_of(request.user) in PARTNER_ROLES,
     }
@@ -138,9 +148,9 @@ def _job_context(request: HttpRequest, job: GenerationJob) -> dict[str, object]:
 @login_required
 @require_POST
 def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    job = selectors.job_get(user=request.user, pk=pk)
+    job = selectors.job_get(user=request_user(request), pk=pk)
     try:
-        job = services.job_cancel(actor=request.user, job=job)
+        job = services.job_cancel(actor=request_user(request), job=job)
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:
@@ -149,3 +159,30 @@ def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
         else:
             messages.success(request, f"Stopping job #{job.pk}: it keeps the tokens generated so far.")
     return redirect("job_detail", pk=job.pk)
+
+
+@login_required
+@require_POST
+def checkpoint_status(request: HttpRequest, slug: str) -> HttpResponse:
+    """Embargo, restore or withdraw (the kill switch, which also cancels jobs: hence here) a checkpoint."""
+    checkpoint = registry_selectors.checkpoint_get(user=request_user(request), slug=slug)
+    require_role(request.user, Role.LAB_ADMIN)
+    form = CheckpointStatusForm(request.POST)
+    if form.is_valid():
+        action, reason = form.cleaned_data["action"], form.cleaned_data["reason"]
+        try:
+            if action == "embargo":
+                registry_services.checkpoint_embargo(actor=request_user(request), checkpoint=checkpoint, reason=reason)
+                messages.success(request, f"{checkpoint.slug} is embargoed. Partners cannot use it until restored.")
+            elif action == "restore":
+                registry_services.checkpoint_restore(actor=request_user(request), checkpoint=checkpoint)
+                messages.success(request, f"{checkpoint.slug} is available again.")
+            else:
+                services.checkpoint_withdraw(actor=request_user(request), checkpoint=checkpoint, reason=reason)
+                done = "every grant of it is revoked and its queued jobs are cancelled"
+                messages.success(request, f"{checkpoint.slug} is withdrawn: {done}.")
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            return redirect("checkpoint_detail", slug=checkpoint.slug)
+    return checkpoint_detail(request, slug, status_form=form)

@@ -13,6 +13,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from safetensors import SafetensorError, safe_open
 
@@ -319,7 +320,7 @@ def build_demo_checkpoint(
         )
         tokenizer.save_pretrained(staging)
 
-        eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
+        eos_id = cast(int, tokenizer.convert_tokens_to_ids(EOS_TOKEN))  # one token in, one id out
         config = GPT2Config(
             n_layer=n_layer,
             n_embd=n_embd,

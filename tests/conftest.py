@@ -12,6 +12,8 @@ from accounts import services
 from accounts.models import Organization, Role, User
 
 PASSWORD = "correct horse battery staple"
+# Checkpoints, templates, agreements and jobs, built through the services: tests/builders.py.
+pytest_plugins = ["tests.builders"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,7 +30,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def _seal_key(tmp_path_factory) -> tuple:
-    from audit.pdf import generate_seal_key
+    from records.pdf import generate_seal_key
 
     folder = tmp_path_factory.mktemp("seal")
     generate_seal_key(folder / "key.pem", folder / "cert.pem")

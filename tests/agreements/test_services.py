@@ -12,12 +12,12 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from agreements import services
-from agreements.models import Agreement, Signature, TemplateVersion
+from agreements.models import AccessGrant, Agreement, Signature, TemplateVersion
 from agreements.rendering import sha256_text
 from audit.models import AuditEvent
 from audit.selectors import audit_chain_verify
-from models_registry.models import AccessGrant, Checkpoint
-from tests.agreements.conftest import DEFAULT_TEMPLATE, draft_agreement, sign
+from models_registry.models import Checkpoint
+from tests.builders import DEFAULT_TEMPLATE, draft_agreement, sign
 
 pytestmark = pytest.mark.django_db
 

@@ -1,6 +1,6 @@
 """API clients for the personas: each holds a real knox token, as a partner's script would.
 
-Partner A has an active agreement for the two demo checkpoints (tests/inference/conftest.py); Partner B
+Partner A has an active agreement for the two demo checkpoints (tests/builders.py); Partner B
 has none and is the outsider.
 """
 
@@ -13,16 +13,6 @@ from rest_framework.test import APIClient
 
 from accounts import services as account_services
 from accounts.models import User
-from tests.inference.conftest import (  # noqa: F401  # noqa: F401
-    active,
-    demo_checkpoints,
-    demo_weights,
-    draft,
-    gpt2,
-    published_version,
-    sent,
-    small_checkpoints,
-)
 
 
 def token_for(user: User, **kwargs) -> str:
@@ -52,11 +42,11 @@ def no_generation(monkeypatch) -> list[int]:
 
 
 @pytest.fixture
-def sealed_record(settings, tmp_path, active):  # noqa: F811
+def sealed_record(settings, tmp_path, active):
     """Partner A's active agreement with its sealed record, made in-process as activation would."""
-    from audit.models import SealedRecord
-    from audit.pdf import generate_seal_key
-    from audit.tasks import seal_agreement_record
+    from records.models import SealedRecord
+    from records.pdf import generate_seal_key
+    from records.tasks import seal_agreement_record
 
     folder = tmp_path / "records"
     settings.RECORDS_DIR = folder

@@ -14,10 +14,10 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from agreements.models import AccessRequest
 from audit.models import AuditEvent
 from inference import services as inference_services
 from inference.models import GenerationJob
-from models_registry.models import AccessRequest
 from tests.api.conftest import error_of, job_body
 
 pytestmark = pytest.mark.django_db

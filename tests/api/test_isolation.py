@@ -13,7 +13,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import URLPattern, URLResolver, get_resolver
 from knox.models import AuthToken
 
-from audit.selectors import record_file_bytes
+from records.selectors import record_file_bytes
 from tests.api.conftest import client_with, error_of, job_body, token_for
 
 pytestmark = pytest.mark.django_db

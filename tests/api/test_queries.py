@@ -16,14 +16,15 @@ from django.utils import timezone
 from knox.models import AuthToken
 
 from accounts import services as accounts
+from agreements import services as access
 from agreements import services as agreements
+from agreements.models import AccessGrant
 from audit import events
 from audit.services import audit_record
 from inference import services as inference
-from models_registry import services as registry
-from models_registry.models import AccessGrant, Checkpoint
-from tests.agreements.conftest import DEFAULT_TEMPLATE, draft_agreement
+from models_registry.models import Checkpoint
 from tests.api.conftest import client_with, token_for
+from tests.builders import DEFAULT_TEMPLATE, draft_agreement
 from tests.inference.test_services import params
 
 pytestmark = pytest.mark.django_db
@@ -75,10 +76,10 @@ def grow(researcher_a, legal, partner_a, active, gpt2, published_version, small_
     def access_requests(start: int, stop: int) -> None:
         large = Checkpoint.objects.get(slug="gpt2-large")
         for _ in range(start, stop):
-            request = registry.access_request_create(
+            request = access.access_request_create(
                 actor=researcher_a, checkpoints=[large], purpose="Measuring detectability of generated text."
             )
-            registry.access_request_withdraw(actor=researcher_a, access_request=request)  # so the next may ask
+            access.access_request_withdraw(actor=researcher_a, access_request=request)  # so the next may ask
 
     def audit_events(start: int, stop: int) -> None:
         for i in range(start, stop):

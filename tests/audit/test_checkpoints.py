@@ -22,9 +22,9 @@ from django.core.management.base import CommandError
 from accounts import services
 from audit.checkpoints import CheckpointError, checkpoint_dir, checkpoint_write, checkpoints_load
 from audit.models import GENESIS_HASH, AuditEvent, ChainHead
-from audit.pdf import generate_seal_key
 from audit.selectors import audit_chain_verify
 from audit.tasks import chain_checkpoint_write
+from records.pdf import generate_seal_key
 from tests.audit.test_chain import behind_the_apps_back
 
 pytestmark = pytest.mark.django_db

@@ -18,19 +18,8 @@ from inference.models import GenerationJob
 from tests.browser.conftest import PHONE, login, screenshot
 from tests.browser.test_personas import assert_fits_width
 from tests.conftest import PASSWORD
-from tests.inference import conftest as inference_fixtures
 from tests.inference.test_services import params
 from tests.inference.test_worker import ROOT, Worker
-
-# The fixtures tests/inference uses: demo checkpoints, and Partner A's active agreement granting gpt2.
-active = inference_fixtures.active
-sent = inference_fixtures.sent
-draft = inference_fixtures.draft
-published_version = inference_fixtures.published_version
-small_checkpoints = inference_fixtures.small_checkpoints
-demo_weights = inference_fixtures.demo_weights
-demo_checkpoints = inference_fixtures.demo_checkpoints
-gpt2 = inference_fixtures.gpt2
 
 MAX_NEW_TOKENS, NUM_SAMPLES = 512, 8
 # The demo checkpoint decodes thousands of tokens a second, so 512 steps can end between two polls of

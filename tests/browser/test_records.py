@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from audit.models import SealedRecord
-from tests.agreements.conftest import active, draft, published_version, sent, small_checkpoints  # noqa: F401
-from tests.audit.conftest import records_dir  # noqa: F401  (records and the sealing key in a temp folder)
+from records.models import SealedRecord
 from tests.browser.conftest import PHONE, login, screenshot
+from tests.records.conftest import records_dir  # noqa: F401  (records and the sealing key in a temp folder)
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "records"
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"
 # Rendered to PDF by WeasyPrint, never served to a browser: their styles are the PDF's own.
-PDF_TEMPLATES = TEMPLATES / "audit" / "pdf"
+PDF_TEMPLATES = TEMPLATES / "records" / "pdf"
 MANIFEST_STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},

@@ -11,10 +11,11 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
 from agreements import services as agreements
+from agreements.selectors import AccessRefused
 from audit.models import AuditEvent
 from inference import engine, services, tasks
 from inference.models import GenerationJob
-from inference.services import AccessRefused, IdempotencyConflict, JobParams
+from inference.services import IdempotencyConflict, JobParams
 
 pytestmark = pytest.mark.django_db
 

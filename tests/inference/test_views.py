@@ -350,8 +350,11 @@ def test_signed_out_visitors_are_sent_to_sign_in(client, researcher_a, active, g
     assert client.post(reverse("job_cancel", args=[job.pk])).status_code == 302
     # The polling partial asks htmx to open the sign-in page rather than swap it into the job page.
     response = client.get(reverse("job_live", args=[job.pk]), HTTP_HX_REQUEST="true")
-    assert response.status_code == 204 and not response.content
+    assert response.status_code == 200 and not response.content
     assert response["HX-Redirect"] == f"/accounts/login/?next=/jobs/{job.pk}/"
+    # Opened directly (not by htmx), it is an ordinary redirect to the sign-in page.
+    response = client.get(reverse("job_live", args=[job.pk]))
+    assert response.status_code == 302 and response.url == f"/accounts/login/?next=/jobs/{job.pk}/"
     job.refresh_from_db()
     assert job.status == "queued"
 

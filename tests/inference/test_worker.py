@@ -15,11 +15,11 @@ import redis
 from django.conf import settings
 from django.db import connection, transaction
 
+from agreements.selectors import tokens_charged_today
 from audit.selectors import audit_chain_verify
 from config.celery import app
 from inference import engine, services
 from inference.models import GenerationJob, Sample
-from models_registry.selectors import tokens_used_today
 from tests.inference.test_services import params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,7 +107,7 @@ def test_end_to_end_a_submitted_job_is_run_by_the_worker(worker, researcher_a, a
     job.refresh_from_db()
     assert job.status == "succeeded", job.error_message
     assert job.samples.count() == 2 and job.worker.startswith("test1@")
-    assert tokens_used_today(organization=job.organization, checkpoint=gpt2) == job.tokens_generated > 0
+    assert tokens_charged_today(organization=job.organization, checkpoint=gpt2) == job.tokens_generated > 0
     assert audit_chain_verify().ok
 
 

@@ -9,15 +9,17 @@ import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
-from agreements.models import Agreement
+from agreements import services as access
+from agreements.models import AccessGrant, AccessRequest, Agreement
+from agreements.selectors import access_check
+from agreements.tasks import grants_revoke_expired
 from audit import events
 from audit.models import AuditEvent
+from inference import services as jobs
 from inference.models import GenerationJob
 from models_registry import services
-from models_registry.models import AccessGrant, AccessRequest, Checkpoint
-from models_registry.selectors import access_check
-from models_registry.tasks import grants_revoke_expired
-from tests.models_registry.conftest import PURPOSE, make_job, months_ago
+from models_registry.models import Checkpoint
+from tests.builders import PURPOSE, make_job, months_ago
 
 pytestmark = pytest.mark.django_db
 
@@ -39,7 +41,7 @@ def test_withdrawing_a_checkpoint_revokes_its_grants_and_cancels_its_queued_jobs
     done = make_job(small_a, researcher_a, status=GenerationJob.Status.SUCCEEDED, tokens_generated=40)
     other = make_job(medium_a, researcher_a)
 
-    services.checkpoint_withdraw(actor=lab_admin, checkpoint=checkpoints["gpt2"], reason="memorised personal data")
+    jobs.checkpoint_withdraw(actor=lab_admin, checkpoint=checkpoints["gpt2"], reason="memorised personal data")
 
     assert Checkpoint.objects.get(slug="gpt2").status == Checkpoint.Status.WITHDRAWN
     for grant in (small_a, small_b):
@@ -72,7 +74,7 @@ def test_withdrawing_a_checkpoint_revokes_its_grants_and_cancels_its_queued_jobs
 
 def test_withdrawing_needs_a_reason(lab_admin, checkpoints):
     with pytest.raises(ValidationError) as exc:
-        services.checkpoint_withdraw(actor=lab_admin, checkpoint=checkpoints["gpt2"], reason="  ")
+        jobs.checkpoint_withdraw(actor=lab_admin, checkpoint=checkpoints["gpt2"], reason="  ")
     assert "Give a reason" in exc.value.message_dict["reason"][0]
     assert Checkpoint.objects.get(slug="gpt2").status == Checkpoint.Status.AVAILABLE
 
@@ -80,7 +82,7 @@ def test_withdrawing_needs_a_reason(lab_admin, checkpoints):
 @pytest.mark.parametrize("persona", ["legal", "auditor", "admin_a"])
 def test_only_the_lab_admin_pulls_the_kill_switch(request, persona, checkpoints):
     with pytest.raises(PermissionDenied):
-        services.checkpoint_withdraw(
+        jobs.checkpoint_withdraw(
             actor=request.getfixturevalue(persona), checkpoint=checkpoints["gpt2"], reason="because I can"
         )
     with pytest.raises(PermissionDenied):
@@ -101,11 +103,11 @@ def test_an_embargo_pauses_access_and_a_restore_brings_it_back(lab_admin, partne
 def test_status_changes_that_make_no_sense_are_refused(lab_admin, checkpoints):
     with pytest.raises(ValidationError, match="gpt2 is already available"):
         services.checkpoint_restore(actor=lab_admin, checkpoint=checkpoints["gpt2"])
-    services.checkpoint_withdraw(actor=lab_admin, checkpoint=checkpoints["gpt2"], reason="unsafe outputs found")
+    jobs.checkpoint_withdraw(actor=lab_admin, checkpoint=checkpoints["gpt2"], reason="unsafe outputs found")
     with pytest.raises(ValidationError, match="gpt2 is withdrawn; it cannot be embargoed"):
         services.checkpoint_embargo(actor=lab_admin, checkpoint=checkpoints["gpt2"])
     with pytest.raises(ValidationError, match="already withdrawn"):
-        services.checkpoint_withdraw(actor=lab_admin, checkpoint=checkpoints["gpt2"], reason="unsafe outputs found")
+        jobs.checkpoint_withdraw(actor=lab_admin, checkpoint=checkpoints["gpt2"], reason="unsafe outputs found")
 
 
 # --- Expiry sweep ------------------------------------------------------------------------------------
@@ -127,7 +129,7 @@ def test_the_hourly_sweep_revokes_only_grants_past_their_end(partner_a, partner_
 
 
 def request_access(user, *slugs: str, purpose: str = PURPOSE) -> AccessRequest:
-    return services.access_request_create(
+    return access.access_request_create(
         actor=user, checkpoints=list(Checkpoint.objects.filter(slug__in=slugs)), purpose=purpose
     )
 
@@ -166,7 +168,7 @@ def test_a_purpose_of_exactly_20_or_4000_characters_is_accepted(researcher_a, ch
 
 def test_requests_for_embargoed_or_withdrawn_checkpoints_say_so(lab_admin, researcher_a, checkpoints):
     services.checkpoint_embargo(actor=lab_admin, checkpoint=checkpoints["gpt2-large"])
-    services.checkpoint_withdraw(actor=lab_admin, checkpoint=checkpoints["gpt2-xl"], reason="unsafe outputs found")
+    jobs.checkpoint_withdraw(actor=lab_admin, checkpoint=checkpoints["gpt2-xl"], reason="unsafe outputs found")
     with pytest.raises(ValidationError) as exc:
         request_access(researcher_a, "gpt2-medium", "gpt2-large", "gpt2-xl")
     assert exc.value.message_dict["checkpoints"] == [
@@ -200,19 +202,19 @@ def test_lab_staff_do_not_request_access(request, persona, checkpoints):
 def test_a_pending_request_can_be_withdrawn_once_by_its_organisation(researcher_a, admin_a, researcher_b, checkpoints):
     access_request = request_access(researcher_a, "gpt2-large")
     with pytest.raises(PermissionDenied):
-        services.access_request_withdraw(actor=researcher_b, access_request=access_request)
-    services.access_request_withdraw(actor=admin_a, access_request=access_request)
+        access.access_request_withdraw(actor=researcher_b, access_request=access_request)
+    access.access_request_withdraw(actor=admin_a, access_request=access_request)
     access_request.refresh_from_db()
     assert access_request.status == AccessRequest.Status.WITHDRAWN
     with pytest.raises(ValidationError, match="already withdrawn"):
-        services.access_request_withdraw(actor=researcher_a, access_request=access_request)
+        access.access_request_withdraw(actor=researcher_a, access_request=access_request)
 
 
 def test_a_rejection_carries_a_reason_and_the_partner_may_apply_again(legal, researcher_a, checkpoints):
     access_request = request_access(researcher_a, "gpt2-xl")
     with pytest.raises(ValidationError, match="Give a reason"):
-        services.access_request_reject(actor=legal, access_request=access_request, reason="no")
-    services.access_request_reject(
+        access.access_request_reject(actor=legal, access_request=access_request, reason="no")
+    access.access_request_reject(
         actor=legal, access_request=access_request, reason="gpt2-xl is reserved for safety partners this quarter."
     )
     access_request.refresh_from_db()
@@ -230,9 +232,9 @@ def test_only_legal_and_lab_admins_decide_on_requests(request, persona, research
     access_request = request_access(researcher_a, "gpt2-large")
     actor = request.getfixturevalue(persona)
     with pytest.raises(PermissionDenied):
-        services.access_request_approve(actor=actor, access_request=access_request)
+        access.access_request_approve(actor=actor, access_request=access_request)
     with pytest.raises(PermissionDenied):
-        services.access_request_reject(actor=actor, access_request=access_request, reason="not this time, sorry")
+        access.access_request_reject(actor=actor, access_request=access_request, reason="not this time, sorry")
 
 
 def test_approval_opens_a_prefilled_draft_amendment_of_the_active_agreement(
@@ -241,7 +243,7 @@ def test_approval_opens_a_prefilled_draft_amendment_of_the_active_agreement(
     active = make_agreement(partner_a, ["gpt2", "gpt2-medium"])
     access_request = request_access(researcher_a, "gpt2-large")
 
-    access_request = services.access_request_approve(actor=legal, access_request=access_request)
+    access_request = access.access_request_approve(actor=legal, access_request=access_request)
 
     assert access_request.status == AccessRequest.Status.APPROVED
     amendment = access_request.amendment
@@ -257,7 +259,7 @@ def test_approval_opens_a_prefilled_draft_amendment_of_the_active_agreement(
 
 def test_approval_without_an_agreement_opens_a_first_draft(legal, partner_b, researcher_b, published_template):
     access_request = request_access(researcher_b, "gpt2")
-    amendment = services.access_request_approve(actor=legal, access_request=access_request).amendment
+    amendment = access.access_request_approve(actor=legal, access_request=access_request).amendment
     assert amendment.status == Agreement.Status.DRAFT and amendment.amends is None
     assert list(amendment.checkpoints.values_list("slug", flat=True)) == ["gpt2"]
     assert amendment.purpose == PURPOSE
@@ -269,7 +271,7 @@ def test_a_request_whose_checkpoint_was_embargoed_since_cannot_be_approved(
     access_request = request_access(researcher_a, "gpt2-large")
     services.checkpoint_embargo(actor=lab_admin, checkpoint=checkpoints["gpt2-large"])
     with pytest.raises(ValidationError, match="gpt2-large is embargoed"):
-        services.access_request_approve(actor=legal, access_request=access_request)
+        access.access_request_approve(actor=legal, access_request=access_request)
     access_request.refresh_from_db()
     assert access_request.status == AccessRequest.Status.PENDING
     assert not Agreement.objects.exists()
@@ -277,9 +279,9 @@ def test_a_request_whose_checkpoint_was_embargoed_since_cannot_be_approved(
 
 def test_a_decided_request_cannot_be_decided_again(legal, researcher_a, checkpoints):
     access_request = request_access(researcher_a, "gpt2-large")
-    services.access_request_reject(actor=legal, access_request=access_request, reason="Please narrow the purpose.")
+    access.access_request_reject(actor=legal, access_request=access_request, reason="Please narrow the purpose.")
     with pytest.raises(ValidationError, match="already rejected"):
-        services.access_request_approve(actor=legal, access_request=access_request)
+        access.access_request_approve(actor=legal, access_request=access_request)
 
 
 def test_grants_expire_at_the_agreement_end_not_before(partner_a, checkpoints, make_agreement):

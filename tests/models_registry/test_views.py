@@ -6,10 +6,13 @@ import pytest
 from django.urls import reverse
 
 from accounts.models import Organization
+from agreements import services as access
+from agreements.models import AccessGrant, AccessRequest
+from inference import services as jobs
 from inference.models import GenerationJob
 from models_registry import services
-from models_registry.models import AccessGrant, AccessRequest, Checkpoint
-from tests.models_registry.conftest import PURPOSE, make_job
+from models_registry.models import Checkpoint
+from tests.builders import PURPOSE, make_job
 
 pytestmark = pytest.mark.django_db
 
@@ -36,7 +39,7 @@ def registered(checkpoints, demo_folders) -> dict[str, Checkpoint]:
 
 @pytest.fixture
 def pending(researcher_a, checkpoints) -> AccessRequest:
-    return services.access_request_create(
+    return access.access_request_create(
         actor=researcher_a, checkpoints=[checkpoints["gpt2-large"]], purpose="Studying toxicity in long samples."
     )
 
@@ -139,7 +142,7 @@ def test_a_partner_sees_what_it_can_use_until_when_with_todays_quota(
 def test_a_partner_sees_pending_and_unavailable_checkpoints_for_what_they_are(
     client, researcher_a, lab_admin, pending, registered
 ):
-    services.checkpoint_withdraw(actor=lab_admin, checkpoint=registered["gpt2-xl"], reason="Unsafe outputs found.")
+    jobs.checkpoint_withdraw(actor=lab_admin, checkpoint=registered["gpt2-xl"], reason="Unsafe outputs found.")
     html = page(client, researcher_a, reverse("checkpoint_list"))
     assert f'Request <a href="{reverse("access_request_detail", args=[pending.pk])}">#{pending.pk}</a>' in html
     assert "Checkpoint gpt2-xl is withdrawn: Unsafe outputs found.<" in html
@@ -203,7 +206,7 @@ def test_requesting_an_embargoed_checkpoint_names_it_and_its_status(client, rese
 
 
 def test_partners_list_only_their_own_requests(client, researcher_b, admin_a, pending, checkpoints):
-    other = services.access_request_create(actor=researcher_b, checkpoints=[checkpoints["gpt2"]], purpose=PURPOSE)
+    other = access.access_request_create(actor=researcher_b, checkpoints=[checkpoints["gpt2"]], purpose=PURPOSE)
     html = page(client, admin_a, reverse("access_request_list"))
     assert f"#{pending.pk}" in html and f"#{other.pk}<" not in html
 
@@ -249,10 +252,10 @@ def test_legal_reviews_pending_requests_oldest_first_with_purpose_and_current_gr
     client, legal, researcher_a, researcher_b, partner_a, checkpoints, make_agreement
 ):
     make_agreement(partner_a, ["gpt2", "gpt2-medium"])
-    first = services.access_request_create(
+    first = access.access_request_create(
         actor=researcher_a, checkpoints=[checkpoints["gpt2-large"]], purpose="First: detection of synthetic text."
     )
-    second = services.access_request_create(
+    second = access.access_request_create(
         actor=researcher_b, checkpoints=[checkpoints["gpt2"]], purpose="Second: bias in generated biographies."
     )
     html = page(client, legal, reverse("access_request_list"))

@@ -1,4 +1,4 @@
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.db_roles import ORDINARY_PRIVILEGES, RoleGrantError, app_role_grant
 
@@ -10,7 +10,7 @@ class Command(BaseCommand):
         "after migrate (migrate does it itself when DATABASE_APP_ROLE is set). Idempotent."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("role", help="The role the app connects as, e.g. modelpact_app.")
         parser.add_argument("--database", default="default", help="The database alias (default: default).")
 

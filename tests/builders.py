@@ -1,0 +1,267 @@
+"""Builders shared by every test: checkpoints, templates, agreements in each state, jobs.
+
+Registered as a pytest plugin by tests/conftest.py (next to the personas), so any test can ask for
+these fixtures by name. Every builder goes through the services, as the product does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, date, timedelta
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from agreements import services
+from agreements import services as access
+from agreements.models import AccessGrant, Agreement, AgreementTemplate, GrantUsage, TemplateVersion
+from inference.models import GenerationJob
+from models_registry import services as registry
+from models_registry.models import Checkpoint
+from models_registry.weights import (
+    DEMO_CORPUS_PATH,
+    DEMO_SHAPES,
+    WeightsInfo,
+    build_demo_checkpoint,
+    inspect_checkpoint,
+)
+
+# --- from agreements --------------------------------------------------------------------------------
+
+DEFAULT_TEMPLATE = (Path(__file__).resolve().parents[1] / "agreements" / "default_template.md").read_text()
+
+
+@pytest.fixture
+def published_version(legal) -> TemplateVersion:
+    draft = services.template_create(actor=legal, name="GPT-2 Model Sharing Agreement", body=DEFAULT_TEMPLATE)
+    return services.template_version_publish(actor=legal, version=draft)
+
+
+@pytest.fixture
+def small_checkpoints(gpt2_stages) -> list[Checkpoint]:
+    return list(Checkpoint.objects.filter(slug__in=["gpt2", "gpt2-medium"]).order_by("parameter_count"))
+
+
+def draft_agreement(legal, organization, version, checkpoints, **overrides) -> Agreement:
+    terms = {
+        "effective_date": timezone.now().date(),
+        "term_months": 12,
+        "daily_token_quota": 50_000,
+        "purpose": "Studying the detectability of synthetic text in news corpora.",
+    }
+    terms.update(overrides)
+    return services.agreement_create(
+        actor=legal, organization=organization, template_version=version, checkpoints=checkpoints, **terms
+    )
+
+
+def sign(user, agreement: Agreement, **overrides):
+    """Sign as a signatory or countersign as legal, having just reauthenticated with a password."""
+    fields = {
+        "full_name": user.full_name,
+        "title": "Director of Research",
+        "consent": True,
+        "shown_document_sha256": agreement.document_sha256,
+        "reauth_method": "password",
+        "reauth_at": timezone.now() - timedelta(seconds=30),
+        "ip": "203.0.113.7",
+        "user_agent": "Mozilla/5.0 (test)",
+        "time_zone": "Europe/Berlin",
+    }
+    fields.update(overrides)
+    return services.agreement_sign(actor=user, agreement=agreement, **fields)
+
+
+@pytest.fixture
+def draft(legal, partner_a, signer_a, published_version, small_checkpoints) -> Agreement:
+    return draft_agreement(legal, partner_a, published_version, small_checkpoints)
+
+
+@pytest.fixture
+def sent(legal, draft) -> Agreement:
+    return services.agreement_send(actor=legal, agreement=draft)
+
+
+@pytest.fixture
+def active(legal, signer_a, sent) -> Agreement:
+    sign(signer_a, sent)
+    sent.refresh_from_db()
+    sign(legal, sent)
+    sent.refresh_from_db()
+    return sent
+
+
+# --- from models_registry ---------------------------------------------------------------------------
+
+TEMPLATE_BODY = (
+    "# Model-sharing agreement\n\n{{ organization.legal_name }} may use {{ checkpoints }} for {{ purpose }} "
+    "from {{ effective_date }} for {{ term_months }} months, up to {{ daily_token_quota }} tokens a day.\n"
+)
+PURPOSE = "Measuring how often GPT-2 samples are mistaken for human-written news articles."
+
+
+@pytest.fixture(scope="session")
+def demo_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, WeightsInfo]]:
+    """The four demo checkpoints, built once per test session (about a second after torch loads)."""
+    root = tmp_path_factory.mktemp("demo-checkpoints")
+    corpus = DEMO_CORPUS_PATH.read_text(encoding="utf-8")
+    built = {}
+    for slug, shape in DEMO_SHAPES.items():
+        folder = root / slug
+        info = build_demo_checkpoint(
+            folder,
+            n_layer=shape.n_layer,
+            n_embd=shape.n_embd,
+            n_head=shape.n_head,
+            seed=registry.DEMO_SEEDS[slug],
+            corpus=corpus,
+        )
+        built[slug] = (folder, info)
+    return built
+
+
+@pytest.fixture
+def checkpoints(db) -> dict[str, Checkpoint]:
+    """The four GPT-2 stages, as seeded by migration."""
+    return {c.slug: c for c in Checkpoint.objects.all()}
+
+
+@pytest.fixture
+def published_template(legal) -> TemplateVersion:
+    template = AgreementTemplate.objects.create(name="GPT-2 model-sharing agreement", created_by=legal)
+    return TemplateVersion.objects.create(
+        template=template,
+        number=1,
+        body=TEMPLATE_BODY,
+        status=TemplateVersion.Status.PUBLISHED,
+        sha256=hashlib.sha256(TEMPLATE_BODY.encode()).hexdigest(),
+        created_by=legal,
+        published_at=timezone.now(),
+        published_by=legal,
+    )
+
+
+MakeAgreement = Callable[..., Agreement]
+
+
+@pytest.fixture
+def make_agreement(legal, published_template) -> MakeAgreement:
+    """make_agreement(partner_a, ["gpt2"], effective=..., status="active", quota=...) -> Agreement.
+
+    An active agreement gets its grants, exactly as countersigning creates them.
+    """
+
+    def make(
+        organization,
+        slugs: list[str],
+        *,
+        status: str = Agreement.Status.ACTIVE,
+        effective: date | None = None,
+        term_months: int = 12,
+        quota: int = 50_000,
+        amends: Agreement | None = None,
+    ) -> Agreement:
+        agreement = Agreement.objects.create(
+            organization=organization,
+            template_version=published_template,
+            status=status,
+            effective_date=effective or timezone.now().date(),
+            term_months=term_months,
+            daily_token_quota=quota,
+            purpose=PURPOSE,
+            amends=amends,
+            created_by=legal,
+            activated_at=timezone.now() if status == Agreement.Status.ACTIVE else None,
+        )
+        agreement.checkpoints.set(Checkpoint.objects.filter(slug__in=slugs))
+        if status == Agreement.Status.ACTIVE:
+            access.grants_create_for_agreement(agreement=agreement, actor=legal)
+        return agreement
+
+    return make
+
+
+def end_agreement(agreement: Agreement, step: str, reason: str, actor=None) -> Agreement:
+    """Terminate, supersede or expire an agreement as the agreements lifecycle does: state, then grants."""
+    agreement.transition(step)
+    agreement.ended_at = timezone.now()
+    agreement.end_reason = reason
+    agreement.save()
+    access.grants_revoke_for_agreement(
+        agreement=agreement, actor=actor, reason=f"agreement {agreement.reference} {reason}"
+    )
+    return agreement
+
+
+def make_job(
+    grant: AccessGrant,
+    requester,
+    *,
+    status: str = GenerationJob.Status.QUEUED,
+    max_new_tokens: int = 100,
+    num_samples: int = 1,
+    tokens_generated: int = 0,
+    created_at=None,
+) -> GenerationJob:
+    finished = status in GenerationJob.FINISHED
+    job = GenerationJob.objects.create(
+        organization=grant.organization,
+        requester=requester,
+        checkpoint=grant.checkpoint,
+        grant=grant,
+        prompt="The agreement says",
+        max_new_tokens=max_new_tokens,
+        temperature=0.8,
+        num_samples=num_samples,
+        status=status,
+        tokens_generated=tokens_generated,
+        created_at=created_at or timezone.now(),
+        finished_at=timezone.now() if finished else None,
+    )
+    # What submission and the job's end write to the usage ledger: its reservation, or what it generated.
+    usage, _ = GrantUsage.objects.get_or_create(grant=grant, day=job.created_at.astimezone(UTC).date())
+    if finished:
+        usage.tokens_used += tokens_generated
+    else:
+        usage.tokens_reserved += job.expected_tokens
+    usage.save()
+    return job
+
+
+def months_ago(months: int) -> date:
+    return timezone.now().date() - timedelta(days=31 * months)
+
+
+# --- from inference ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def demo_weights(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("checkpoints")
+    corpus = Path(DEMO_CORPUS_PATH).read_text()
+    folders = {}
+    for slug in ("gpt2", "gpt2-medium"):
+        shape = DEMO_SHAPES[slug]
+        folders[slug] = root / slug
+        build_demo_checkpoint(
+            folders[slug], n_layer=shape.n_layer, n_embd=shape.n_embd, n_head=shape.n_head, seed=7, corpus=corpus
+        )
+    return folders
+
+
+@pytest.fixture
+def demo_checkpoints(gpt2_stages, demo_weights) -> dict[str, Checkpoint]:
+    registered = {}
+    for slug, folder in demo_weights.items():
+        checkpoint = Checkpoint.objects.get(slug=slug)
+        registered[slug] = registry.checkpoint_register_weights(
+            actor=None, checkpoint=checkpoint, folder=folder, info=inspect_checkpoint(folder), is_demo=True
+        )
+    return registered
+
+
+@pytest.fixture
+def gpt2(demo_checkpoints) -> Checkpoint:
+    return demo_checkpoints["gpt2"]
