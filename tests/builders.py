@@ -238,17 +238,9 @@ def months_ago(months: int) -> date:
 
 
 @pytest.fixture(scope="session")
-def demo_weights(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("checkpoints")
-    corpus = Path(DEMO_CORPUS_PATH).read_text()
-    folders = {}
-    for slug in ("gpt2", "gpt2-medium"):
-        shape = DEMO_SHAPES[slug]
-        folders[slug] = root / slug
-        build_demo_checkpoint(
-            folders[slug], n_layer=shape.n_layer, n_embd=shape.n_embd, n_head=shape.n_head, seed=7, corpus=corpus
-        )
-    return folders
+def demo_weights(demo_folders) -> dict[str, Path]:
+    """The folders of the two demo checkpoints Partner A's agreement grants (built once, above)."""
+    return {slug: demo_folders[slug][0] for slug in ("gpt2", "gpt2-medium")}
 
 
 @pytest.fixture
@@ -265,3 +257,32 @@ def demo_checkpoints(gpt2_stages, demo_weights) -> dict[str, Checkpoint]:
 @pytest.fixture
 def gpt2(demo_checkpoints) -> Checkpoint:
     return demo_checkpoints["gpt2"]
+
+
+# --- A broker that is down -----------------------------------------------------------------------
+
+CLOSED_PORT = "redis://127.0.0.1:1/0"
+
+
+def forget_broker_connections(app) -> None:
+    # The pools hold connections to the broker they were made for; drop them as Celery does after a
+    # fork, so the next send connects to the broker the configuration names now.
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+@pytest.fixture
+def broker_down(settings):
+    """The broker's port is closed and tasks really go to the broker (not run in-process)."""
+    from config.celery import app
+
+    names = ("broker_url", "broker_write_url", "broker_read_url", "task_always_eager")
+    saved = {name: app.conf[name] for name in names}
+    settings.CELERY_BROKER_URL = CLOSED_PORT
+    forget_broker_connections(app)
+    app.conf.update(broker_url=CLOSED_PORT, broker_write_url=CLOSED_PORT, broker_read_url=CLOSED_PORT)
+    app.conf.task_always_eager = False
+    assert app.connection_for_write().port == 1
+    yield
+    forget_broker_connections(app)
+    app.conf.update(saved)

@@ -218,32 +218,6 @@ def test_a_purpose_with_invisible_characters_at_its_ends_is_stored_without_them(
 
 # --- 4. The broker is down -------------------------------------------------------------------------
 
-CLOSED_PORT = "redis://127.0.0.1:1/0"
-
-
-def forget_broker_connections(app) -> None:
-    # The pools hold connections to the broker they were made for; drop them as Celery does after a
-    # fork, so the next send connects to the broker the configuration names now.
-    app._pool = None
-    app.amqp._producer_pool = None
-
-
-@pytest.fixture
-def broker_down(settings):
-    """The broker's port is closed and tasks really go to the broker (not run in-process)."""
-    from config.celery import app
-
-    names = ("broker_url", "broker_write_url", "broker_read_url", "task_always_eager")
-    saved = {name: app.conf[name] for name in names}
-    settings.CELERY_BROKER_URL = CLOSED_PORT
-    forget_broker_connections(app)
-    app.conf.update(broker_url=CLOSED_PORT, broker_write_url=CLOSED_PORT, broker_read_url=CLOSED_PORT)
-    app.conf.task_always_eager = False
-    assert app.connection_for_write().port == 1
-    yield
-    forget_broker_connections(app)
-    app.conf.update(saved)
-
 
 # Transactional: the job is sent when its transaction commits, before the answer is written, as in
 # production; inside a test's transaction nothing would commit.

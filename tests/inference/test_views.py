@@ -20,7 +20,6 @@ from agreements import services as agreements
 from audit.models import AuditEvent
 from inference import services, tasks
 from inference.models import GenerationJob
-from tests.api.test_bad_input import broker_down  # noqa: F401  # a fixture
 from tests.inference.test_services import params
 
 pytestmark = pytest.mark.django_db
@@ -452,7 +451,7 @@ def test_with_the_broker_down_the_form_lands_on_the_job_saying_it_starts_later(
     researcher_a,
     active,
     gpt2,
-    broker_down,  # noqa: F811
+    broker_down,
 ):
     client.force_login(researcher_a)
     response = client.post(reverse("job_create"), form())
