@@ -85,7 +85,7 @@ def _seed() -> str:
     from inference.models import GenerationJob
 
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    call_command("seed_demo", stdout=sys.stderr)
+    call_command("seed_demo", "--create-demo-logins-with-debug-off", stdout=sys.stderr)  # a throwaway database
     researcher = User.objects.get(email="researcher@partner-a.example")
     grant = AccessGrant.objects.select_related("checkpoint", "organization").get(
         organization__name="Partner A", checkpoint__slug="gpt2", revoked_at=None
