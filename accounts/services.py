@@ -17,9 +17,9 @@ from knox.settings import knox_settings
 from accounts.models import Invitation, Membership, Organization, Role, User, hash_token
 from accounts.permissions import REAUTH_WINDOW, require_role, role_of
 from accounts.selectors import api_token_manageable
-from accounts.tasks import send_invitation_email
 from audit import events
-from audit.services import audit_record
+from audit.services import audit_append
+from core.tasks import task_send_on_commit
 
 
 def _require_manager_of(actor: User, organization: Organization) -> None:
@@ -71,7 +71,7 @@ def organization_create(
         address=address.strip(),
         contact_email=contact_email.strip().lower(),
     )
-    audit_record(
+    audit_append(
         actor=actor,
         action=events.ORGANIZATION_CREATED,
         target=organization,
@@ -97,7 +97,7 @@ def organization_update(*, actor: User, organization: Organization, **fields: st
         raise ValidationError({"legal_name": "The legal name cannot be empty."})
     if changes:
         organization.save(update_fields=list(changes))
-        audit_record(actor=actor, action=events.ORGANIZATION_UPDATED, target=organization, data=changes)
+        audit_append(actor=actor, action=events.ORGANIZATION_UPDATED, target=organization, data=changes)
     return organization
 
 
@@ -118,7 +118,7 @@ def user_create(
         raise ValidationError({"email": f"A user with the email {email} already exists."})
     user = User.objects.create_user(email=email, password=password, full_name=full_name.strip())
     Membership.objects.create(user=user, organization=organization, role=role)
-    audit_record(
+    audit_append(
         actor=actor or user,
         action=events.USER_CREATED,
         target=user,
@@ -163,13 +163,13 @@ def invitation_create(*, actor: User, organization: Organization, email: str, ro
         invited_by=actor,
         expires_at=now + timedelta(days=settings.INVITATION_TTL_DAYS),
     )
-    audit_record(
+    audit_append(
         actor=actor,
         action=events.INVITATION_SENT,
         target=invitation,
         data={"email": email, "role": role, "expires_at": invitation.expires_at.isoformat()},
     )
-    send_invitation_email.delay_on_commit(invitation.pk, token)
+    task_send_on_commit("accounts.tasks.send_invitation_email", invitation.pk, token)
     return invitation, token
 
 
@@ -180,7 +180,7 @@ def invitation_revoke(*, actor: User, invitation: Invitation) -> Invitation:
         raise ValidationError(f"This invitation is already {invitation.status}.")
     invitation.revoked_at = timezone.now()
     invitation.save(update_fields=["revoked_at"])
-    audit_record(actor=actor, action=events.INVITATION_REVOKED, target=invitation, data={"email": invitation.email})
+    audit_append(actor=actor, action=events.INVITATION_REVOKED, target=invitation, data={"email": invitation.email})
     return invitation
 
 
@@ -223,7 +223,7 @@ def invitation_accept(*, token: str, full_name: str, password: str) -> User:
     )
     invitation.accepted_at = timezone.now()
     invitation.save(update_fields=["accepted_at"])
-    audit_record(actor=user, action=events.INVITATION_ACCEPTED, target=invitation, data={"email": user.email})
+    audit_append(actor=user, action=events.INVITATION_ACCEPTED, target=invitation, data={"email": user.email})
     return user
 
 
@@ -237,7 +237,7 @@ def membership_change_role(*, actor: User, membership: Membership, role: str) ->
     if old != role:
         membership.role = role
         membership.save(update_fields=["role"])
-        audit_record(
+        audit_append(
             actor=actor,
             action=events.USER_ROLE_CHANGED,
             target=membership.user,
@@ -264,7 +264,7 @@ def user_set_active(*, actor: User, user: User, active: bool) -> User:
         revoked = _api_tokens_revoke_all(
             actor=actor, user=user, reason="user reactivated" if active else "user deactivated"
         )
-        audit_record(
+        audit_append(
             actor=actor,
             action=events.USER_REACTIVATED if active else events.USER_DEACTIVATED,
             target=user,
@@ -279,7 +279,7 @@ def user_set_password(*, actor: User | None, user: User, password: str) -> User:
     """Set-up commands only (seed_demo --password); people change theirs through allauth."""
     user.set_password(password)
     user.save(update_fields=["password"])
-    audit_record(actor=actor, action=events.USER_PASSWORD_SET, target=user, organization=user.organization)
+    audit_append(actor=actor, action=events.USER_PASSWORD_SET, target=user, organization=user.organization)
     return user
 
 
@@ -328,7 +328,7 @@ def api_token_create(
     if len(live) >= API_TOKENS_LIVE_PER_USER:
         raise ValidationError(f"{user.email} has {API_TOKENS_LIVE_PER_USER} live tokens; revoke one you no longer use.")
     token, key = AuthToken.objects.create(user=user, expiry=timedelta(days=days))
-    audit_record(
+    audit_append(
         actor=actor,
         action=events.API_TOKEN_CREATED,
         target=user,
@@ -341,7 +341,7 @@ def _api_tokens_revoke_all(*, actor: User, user: User, reason: str) -> list[str]
     """Delete every token of `user`, one audited revocation each; returns their key prefixes."""
     tokens = list(AuthToken.objects.select_for_update().filter(user=user).order_by("created"))
     for token in tokens:
-        audit_record(
+        audit_append(
             actor=actor,
             action=events.API_TOKEN_REVOKED,
             target=user,
@@ -357,7 +357,7 @@ def api_token_revoke(*, actor: User, token: AuthToken) -> None:
     """Revoke at once: the next request with the token is 401."""
     if role_of(actor) is None or (token.user_id != actor.pk and not api_token_manageable(actor, token)):
         raise PermissionDenied("Only the token's owner or an admin of their organisation can revoke it.")
-    audit_record(
+    audit_append(
         actor=actor,
         action=events.API_TOKEN_REVOKED,
         target=token.user,

@@ -4,12 +4,12 @@ from django.core.mail import send_mail
 from django.template.loader import render_to_string
 from django.urls import reverse
 
+from accounts.models import Invitation
+
 
 @shared_task(autoretry_for=(ConnectionError, TimeoutError), retry_backoff=True, max_retries=5)
 def send_invitation_email(invitation_id: int, token: str) -> None:
     """Email the invitation link; the token is only ever in this message, never stored in clear."""
-    from accounts.models import Invitation
-
     invitation = Invitation.objects.select_related("organization", "invited_by").filter(pk=invitation_id).first()
     if invitation is None or not invitation.is_open:
         return

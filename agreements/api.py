@@ -19,9 +19,11 @@ from accounts.models import PARTNER_ROLES
 from accounts.permissions import request_user, role_of
 from agreements import selectors, services
 from agreements.models import AccessGrant, AccessRequest, Agreement, Signature
-from core.api import CreatedRangeFilterSet, ErrorSerializer, StrictCharField
+from core.api import ErrorSerializer, StrictCharField
+from core.filters import CreatedRangeFilterSet
 from core.validators import PURPOSE_MAX_CHARS, clean_purpose
 from models_registry.models import Checkpoint
+from models_registry.selectors import checkpoints_by_slug
 
 
 class AgreementSerializer(serializers.ModelSerializer):
@@ -233,12 +235,10 @@ class AccessRequestCreateSerializer(serializers.Serializer):
             raise serializers.ValidationError(exc.message_dict["purpose"]) from None
 
     def validate_checkpoints(self, slugs: list[str]) -> list[Checkpoint]:
-        found = {c.slug: c for c in Checkpoint.objects.filter(slug__in=set(slugs))}
-        unknown = sorted(set(slugs) - set(found))
-        if unknown:
-            known = ", ".join(Checkpoint.objects.order_by("parameter_count").values_list("slug", flat=True))
-            raise serializers.ValidationError(f"No checkpoint called {', '.join(unknown)}; there are: {known}.")
-        return list(found.values())
+        try:
+            return checkpoints_by_slug(slugs)
+        except ValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from None
 
 
 # --- Views --------------------------------------------------------------------------------------

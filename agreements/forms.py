@@ -13,6 +13,7 @@ from django.db.models import QuerySet
 
 from accounts.models import Organization
 from agreements.models import Agreement, TemplateVersion
+from agreements.services import AgreementTerms
 from core.validators import PURPOSE_MAX_CHARS, PURPOSE_MIN_CHARS, clean_purpose
 from models_registry.models import Checkpoint
 
@@ -157,10 +158,24 @@ class AgreementForm(forms.Form):
         except forms.ValidationError as exc:
             raise forms.ValidationError(exc.message_dict["purpose"]) from None
 
-    def service_kwargs(self) -> dict:
+    def service_kwargs(self) -> dict[str, Any]:
+        """The agreement_create / agreement_update arguments: the organisation, the terms, and the
+        amendment's choice of replacing what it amends."""
         data = dict(self.cleaned_data)
-        data["checkpoints"] = list(data["checkpoints"])
-        return data
+        kwargs: dict[str, Any] = {
+            "terms": AgreementTerms(
+                template_version=data["template_version"],
+                checkpoints=list(data["checkpoints"]),
+                effective_date=data["effective_date"],
+                term_months=data["term_months"],
+                daily_token_quota=data["daily_token_quota"],
+                purpose=data["purpose"],
+            )
+        }
+        for name in ("organization", "replaces_amended"):
+            if name in self.fields:
+                kwargs[name] = data[name]
+        return kwargs
 
     @staticmethod
     def initial_for(agreement: Agreement) -> dict:

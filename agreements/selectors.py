@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
+from django.core.exceptions import PermissionDenied
 from django.db.models import F, Prefetch, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.http import Http404
@@ -101,6 +102,20 @@ def agreement_get(*, user: User, pk: int) -> Agreement:
     if agreement is None:
         raise Http404
     return agreement
+
+
+# The lifecycle step each side's signature takes (Agreement.TRANSITIONS).
+SIGNING_STEPS = {Signature.Side.PARTNER: "partner_sign", Signature.Side.LAB: "countersign"}
+
+
+def signing_side(*, user: User, agreement: Agreement) -> Signature.Side:
+    """The side `user` signs `agreement` for: its organisation's signatories sign, legal countersigns."""
+    role = role_of(user)
+    if role == Role.SIGNATORY and agreement.organization_id == user.membership.organization_id:
+        return Signature.Side.PARTNER
+    if role in AGREEMENT_MANAGERS:
+        return Signature.Side.LAB
+    raise PermissionDenied("Only the organisation's own signatories sign its agreements, and only legal countersigns.")
 
 
 def agreements_awaiting_signature(*, user: User) -> QuerySet[Agreement]:

@@ -4,6 +4,7 @@ one audit event, follow-ups on commit."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -15,7 +16,7 @@ from django.utils import timezone
 
 from accounts.models import PARTNER_ROLES, Organization, Role, User
 from accounts.permissions import REAUTH_WINDOW, require_role, role_of
-from agreements import hooks, rendering, tasks
+from agreements import hooks, rendering
 from agreements.models import (
     AccessGrant,
     AccessRequest,
@@ -29,15 +30,18 @@ from agreements.models import (
 from agreements.selectors import (
     AGREEMENT_MANAGERS,
     REQUEST_REVIEWERS,
+    SIGNING_STEPS,
     TEMPLATE_EDITORS,
     AccessDecision,
     access_check,
     agreement_render,
     missing_values,
+    signing_side,
 )
 from audit import events
 from audit.models import AuditEvent
-from audit.services import audit_record
+from audit.services import audit_append
+from core.tasks import task_send_on_commit
 from core.time import day_start
 from core.validators import clean_purpose, clean_reason
 from models_registry.models import Checkpoint
@@ -83,7 +87,7 @@ def template_create(*, actor: User, name: str, body: str, description: str = "")
     _check_body(body)
     template = AgreementTemplate.objects.create(name=name, description=description.strip(), created_by=actor)
     version = TemplateVersion.objects.create(template=template, number=1, body=body, created_by=actor)
-    audit_record(actor=actor, action=events.TEMPLATE_CREATED, target=template, data={"name": name})
+    audit_append(actor=actor, action=events.TEMPLATE_CREATED, target=template, data={"name": name})
     return version
 
 
@@ -98,7 +102,7 @@ def template_version_save(*, actor: User, version: TemplateVersion, body: str) -
         version.body = body
         version.updated_at = timezone.now()
         version.save(update_fields=["body", "updated_at"])
-        audit_record(
+        audit_append(
             actor=actor,
             action=events.TEMPLATE_VERSION_SAVED,
             target=version,
@@ -120,7 +124,7 @@ def template_version_publish(*, actor: User, version: TemplateVersion) -> Templa
     version.published_at = timezone.now()
     version.published_by = actor
     version.save(update_fields=["status", "sha256", "published_at", "published_by"])
-    audit_record(
+    audit_append(
         actor=actor,
         action=events.TEMPLATE_VERSION_PUBLISHED,
         target=version,
@@ -142,7 +146,7 @@ def template_version_new_draft(*, actor: User, template: AgreementTemplate) -> T
     version = TemplateVersion.objects.create(
         template=template, number=number, body=latest.body if latest else "", created_by=actor
     )
-    audit_record(
+    audit_append(
         actor=actor,
         action=events.TEMPLATE_VERSION_DRAFTED,
         target=version,
@@ -161,7 +165,7 @@ def template_version_retire(*, actor: User, version: TemplateVersion) -> Templat
     version.status = TemplateVersion.Status.RETIRED
     version.retired_at = timezone.now()
     version.save(update_fields=["status", "retired_at"])
-    audit_record(
+    audit_append(
         actor=actor,
         action=events.TEMPLATE_VERSION_RETIRED,
         target=version,
@@ -173,19 +177,34 @@ def template_version_retire(*, actor: User, version: TemplateVersion) -> Templat
 # --- Agreements: drafting ---------------------------------------------------------------------------
 
 
-def _validate_terms(
-    *,
-    organization: Organization,
-    template_version: TemplateVersion,
-    checkpoints: list[Checkpoint],
-    effective_date: date,
-    term_months: int,
-    daily_token_quota: int,
-    purpose: str,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class AgreementTerms:
+    """What an agreement grants, as legal fills it in: checked whenever it is drafted, changed or sent."""
+
+    template_version: TemplateVersion
+    checkpoints: list[Checkpoint]
+    effective_date: date
+    term_months: int
+    daily_token_quota: int
+    purpose: str
+
+    @classmethod
+    def of(cls, agreement: Agreement) -> AgreementTerms:
+        return cls(
+            template_version=agreement.template_version,
+            checkpoints=list(agreement.checkpoints.all()),
+            effective_date=agreement.effective_date,
+            term_months=agreement.term_months,
+            daily_token_quota=agreement.daily_token_quota,
+            purpose=agreement.purpose,
+        )
+
+
+def _validate_terms(*, organization: Organization, terms: AgreementTerms) -> dict[str, Any]:
+    """The agreement's fields as they will be stored, or a ValidationError naming each bad one."""
     errors: dict[str, str] = {}
     # Judge the version as it is now, not as the caller last read it (it may have been retired since).
-    template_version = TemplateVersion.objects.select_related("template").get(pk=template_version.pk)
+    template_version = TemplateVersion.objects.select_related("template").get(pk=terms.template_version.pk)
     if organization.kind != Organization.Kind.PARTNER:
         errors["organization"] = "Agreements are made with partner organisations."
     elif not organization.active:
@@ -194,21 +213,23 @@ def _validate_terms(
         errors["template_version"] = (
             f"{template_version} is {template_version.get_status_display().lower()}; choose a published version."
         )
-    if not checkpoints:
+    if not terms.checkpoints:
         errors["checkpoints"] = "Choose at least one checkpoint to grant."
     else:
-        unavailable = [c for c in checkpoints if c.status != Checkpoint.Status.AVAILABLE]
+        unavailable = [c for c in terms.checkpoints if c.status != Checkpoint.Status.AVAILABLE]
         if unavailable:
             names = ", ".join(f"{c.slug} ({c.get_status_display().lower()})" for c in unavailable)
             errors["checkpoints"] = f"These checkpoints cannot be granted now: {names}."
-    if effective_date is None:
+    if terms.effective_date is None:
         errors["effective_date"] = "Enter the date the agreement takes effect."
-    elif effective_date < timezone.now().date():
+    elif terms.effective_date < timezone.now().date():
         errors["effective_date"] = "The effective date cannot be in the past."
-    if not isinstance(term_months, int) or not 1 <= term_months <= MAX_TERM_MONTHS:
+    if not isinstance(terms.term_months, int) or not 1 <= terms.term_months <= MAX_TERM_MONTHS:
         errors["term_months"] = f"The term is a whole number of months from 1 to {MAX_TERM_MONTHS}."
-    if not isinstance(daily_token_quota, int) or not 1 <= daily_token_quota <= MAX_DAILY_TOKEN_QUOTA:
+    quota = terms.daily_token_quota
+    if not isinstance(quota, int) or not 1 <= quota <= MAX_DAILY_TOKEN_QUOTA:
         errors["daily_token_quota"] = f"The daily token quota is a whole number from 1 to {MAX_DAILY_TOKEN_QUOTA:,}."
+    purpose = terms.purpose
     try:
         purpose = clean_purpose(purpose)
     except ValidationError as exc:
@@ -218,9 +239,9 @@ def _validate_terms(
     return {
         "organization": organization,
         "template_version": template_version,
-        "effective_date": effective_date,
-        "term_months": term_months,
-        "daily_token_quota": daily_token_quota,
+        "effective_date": terms.effective_date,
+        "term_months": terms.term_months,
+        "daily_token_quota": quota,
         "purpose": purpose,
     }
 
@@ -230,25 +251,12 @@ def agreement_create(
     *,
     actor: User,
     organization: Organization,
-    template_version: TemplateVersion,
-    checkpoints: list[Checkpoint],
-    effective_date: date,
-    term_months: int,
-    daily_token_quota: int,
-    purpose: str,
+    terms: AgreementTerms,
     amends: Agreement | None = None,
     replaces_amended: bool = True,
 ) -> Agreement:
     require_role(actor, *AGREEMENT_MANAGERS)
-    fields = _validate_terms(
-        organization=organization,
-        template_version=template_version,
-        checkpoints=checkpoints,
-        effective_date=effective_date,
-        term_months=term_months,
-        daily_token_quota=daily_token_quota,
-        purpose=purpose,
-    )
+    fields = _validate_terms(organization=organization, terms=terms)
     if amends is not None:
         if amends.organization_id != organization.pk:
             raise ValidationError("An amendment is made with the same organisation as the agreement it amends.")
@@ -257,18 +265,18 @@ def agreement_create(
     agreement = Agreement.objects.create(
         **fields, amends=amends, replaces_amended=replaces_amended if amends else False, created_by=actor
     )
-    agreement.checkpoints.set(checkpoints)
-    audit_record(
+    agreement.checkpoints.set(terms.checkpoints)
+    audit_append(
         actor=actor,
         action=events.AGREEMENT_CREATED,
         target=agreement,
         data={
             "reference": agreement.reference,
-            "template_version": str(template_version),
-            "checkpoints": sorted(c.slug for c in checkpoints),
-            "effective_date": effective_date.isoformat(),
-            "term_months": term_months,
-            "daily_token_quota": daily_token_quota,
+            "template_version": str(agreement.template_version),
+            "checkpoints": sorted(c.slug for c in terms.checkpoints),
+            "effective_date": agreement.effective_date.isoformat(),
+            "term_months": agreement.term_months,
+            "daily_token_quota": agreement.daily_token_quota,
             "amends": amends.reference if amends else None,
         },
     )
@@ -280,12 +288,7 @@ def agreement_update(
     *,
     actor: User,
     agreement: Agreement,
-    template_version: TemplateVersion,
-    checkpoints: list[Checkpoint],
-    effective_date: date,
-    term_months: int,
-    daily_token_quota: int,
-    purpose: str,
+    terms: AgreementTerms,
     replaces_amended: bool = True,
 ) -> Agreement:
     """Change a draft. Once sent, an agreement's terms never change: void it and draft again."""
@@ -293,25 +296,17 @@ def agreement_update(
     agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
     if not agreement.is_editable:
         raise ValidationError(f"{agreement.reference} was sent and can no longer change; void it and draft again.")
-    fields = _validate_terms(
-        organization=agreement.organization,
-        template_version=template_version,
-        checkpoints=checkpoints,
-        effective_date=effective_date,
-        term_months=term_months,
-        daily_token_quota=daily_token_quota,
-        purpose=purpose,
-    )
+    fields = _validate_terms(organization=agreement.organization, terms=terms)
     for name, value in fields.items():
         setattr(agreement, name, value)
     agreement.replaces_amended = replaces_amended if agreement.amends_id else False
     agreement.save()
-    agreement.checkpoints.set(checkpoints)
-    audit_record(
+    agreement.checkpoints.set(terms.checkpoints)
+    audit_append(
         actor=actor,
         action=events.AGREEMENT_UPDATED,
         target=agreement,
-        data={"checkpoints": sorted(c.slug for c in checkpoints), "term_months": term_months},
+        data={"checkpoints": sorted(c.slug for c in terms.checkpoints), "term_months": agreement.term_months},
     )
     return agreement
 
@@ -322,15 +317,18 @@ def agreement_amend(*, actor: User, agreement: Agreement, extra_checkpoints: Seq
     version = _latest_published(agreement.template_version.template)
     checkpoints = list(agreement.checkpoints.filter(status=Checkpoint.Status.AVAILABLE))
     checkpoints += [c for c in extra_checkpoints if c not in checkpoints]
-    return agreement_create(
-        actor=actor,
-        organization=agreement.organization,
+    terms = AgreementTerms(
         template_version=version,
         checkpoints=checkpoints,
         effective_date=timezone.now().date(),
         term_months=agreement.term_months,
         daily_token_quota=agreement.daily_token_quota,
         purpose=agreement.purpose,
+    )
+    return agreement_create(
+        actor=actor,
+        organization=agreement.organization,
+        terms=terms,
         amends=agreement,
         replaces_amended=True,
     )
@@ -350,9 +348,7 @@ def agreement_draft_for_request(*, actor: User, access_request: AccessRequest) -
     template = AgreementTemplate.objects.filter(versions__status=TemplateVersion.Status.PUBLISHED).first()
     if template is None:
         raise ValidationError("Publish an agreement template first; there is nothing to draft from.")
-    return agreement_create(
-        actor=actor,
-        organization=organization,
+    terms = AgreementTerms(
         template_version=_latest_published(template),
         checkpoints=requested,
         effective_date=timezone.now().date(),
@@ -360,6 +356,7 @@ def agreement_draft_for_request(*, actor: User, access_request: AccessRequest) -
         daily_token_quota=50_000,
         purpose=access_request.purpose,
     )
+    return agreement_create(actor=actor, organization=organization, terms=terms)
 
 
 def _latest_published(template: AgreementTemplate) -> TemplateVersion:
@@ -378,15 +375,7 @@ def agreement_send(*, actor: User, agreement: Agreement) -> Agreement:
     require_role(actor, *AGREEMENT_MANAGERS)
     agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
     _step(agreement, "send")
-    _validate_terms(
-        organization=agreement.organization,
-        template_version=agreement.template_version,
-        checkpoints=list(agreement.checkpoints.all()),
-        effective_date=agreement.effective_date,
-        term_months=agreement.term_months,
-        daily_token_quota=agreement.daily_token_quota,
-        purpose=agreement.purpose,
-    )
+    _validate_terms(organization=agreement.organization, terms=AgreementTerms.of(agreement))
     if not agreement.organization.memberships.filter(role=Role.SIGNATORY, user__is_active=True).exists():
         raise ValidationError(f"{agreement.organization.name} has no active signatory yet; invite one before sending.")
     document_html = agreement_render(agreement)
@@ -402,13 +391,13 @@ def agreement_send(*, actor: User, agreement: Agreement) -> Agreement:
     agreement.sent_at = now
     agreement.signature_due_at = now + timedelta(days=settings.AGREEMENT_SIGNATURE_DAYS)
     agreement.save()
-    audit_record(
+    audit_append(
         actor=actor,
         action=events.AGREEMENT_SENT,
         target=agreement,
         data={"document_sha256": agreement.document_sha256, "signature_due_at": agreement.signature_due_at},
     )
-    tasks.notify_signatories.delay_on_commit(agreement.pk, "sent")
+    task_send_on_commit("agreements.tasks.notify_signatories", agreement.pk, "sent")
     return agreement
 
 
@@ -421,7 +410,7 @@ def agreement_mark_viewed(*, actor: User, agreement: Agreement) -> Agreement:
     if agreement.first_viewed_at is None:
         agreement.first_viewed_at = timezone.now()
         agreement.save(update_fields=["first_viewed_at"])
-        audit_record(actor=actor, action=events.AGREEMENT_VIEWED, target=agreement)
+        audit_append(actor=actor, action=events.AGREEMENT_VIEWED, target=agreement)
     return agreement
 
 
@@ -444,18 +433,10 @@ def agreement_sign(
     A signature whose shown document hash differs from the frozen one is refused, and the refusal is
     audited in its own transaction so it survives the rollback.
     """
-    role = role_of(actor)
-    if role == Role.SIGNATORY:
-        side = Signature.Side.PARTNER
-        if agreement.organization_id != actor.membership.organization_id:
-            raise PermissionDenied("Only the organisation's own signatories can sign its agreements.")
-    elif role in AGREEMENT_MANAGERS:
-        side = Signature.Side.LAB
-    else:
-        raise PermissionDenied("Only a partner signatory can sign, and only legal can countersign.")
+    side = signing_side(user=actor, agreement=agreement)
     if shown_document_sha256 != agreement.document_sha256:
         with transaction.atomic():
-            audit_record(
+            audit_append(
                 actor=actor,
                 action=events.AGREEMENT_SIGNING_REFUSED,
                 target=agreement,
@@ -485,7 +466,7 @@ def _record_signature(
     *,
     actor: User,
     agreement: Agreement,
-    side: str,
+    side: Signature.Side,
     full_name: str,
     title: str,
     consent: bool,
@@ -508,7 +489,7 @@ def _record_signature(
     now = timezone.now()
     if reauth_method is None or reauth_at is None or now - reauth_at > REAUTH_WINDOW:
         raise ValidationError("Confirm your identity again (password or authenticator code) before signing.")
-    _step(agreement, "partner_sign" if side == Signature.Side.PARTNER else "countersign")
+    _step(agreement, SIGNING_STEPS[side])
     signature = Signature.objects.create(
         agreement=agreement,
         signer=actor,
@@ -539,12 +520,12 @@ def _record_signature(
     if side == Signature.Side.PARTNER:
         agreement.partner_signed_at = now
         agreement.save(update_fields=["status", "partner_signed_at"])
-        audit_record(actor=actor, action=events.AGREEMENT_SIGNED, target=agreement, data=data)
-        tasks.notify_lab_countersign.delay_on_commit(agreement.pk)
+        audit_append(actor=actor, action=events.AGREEMENT_SIGNED, target=agreement, data=data)
+        task_send_on_commit("agreements.tasks.notify_lab_countersign", agreement.pk)
     else:
         agreement.activated_at = now
         agreement.save(update_fields=["status", "activated_at"])
-        audit_record(actor=actor, action=events.AGREEMENT_COUNTERSIGNED, target=agreement, data=data)
+        audit_append(actor=actor, action=events.AGREEMENT_COUNTERSIGNED, target=agreement, data=data)
         _activate(actor=actor, agreement=agreement)
     return signature
 
@@ -563,7 +544,7 @@ def _activate(*, actor: User, agreement: Agreement) -> None:
                 action=events.AGREEMENT_SUPERSEDED,
                 reason=f"superseded by {agreement.reference}",
             )
-    tasks.notify_signatories.delay_on_commit(agreement.pk, "activated")
+    task_send_on_commit("agreements.tasks.notify_signatories", agreement.pk, "activated")
 
 
 def _end(*, actor: User | None, agreement: Agreement, step: str, action: str, reason: str) -> Agreement:
@@ -571,7 +552,7 @@ def _end(*, actor: User | None, agreement: Agreement, step: str, action: str, re
     agreement.ended_at = timezone.now()
     agreement.end_reason = reason
     agreement.save(update_fields=["status", "ended_at", "end_reason"])
-    audit_record(actor=actor, action=action, target=agreement, data={"reason": reason})
+    audit_append(actor=actor, action=action, target=agreement, data={"reason": reason})
     grants_revoke_for_agreement(agreement=agreement, actor=actor, reason=f"agreement {agreement.reference} {reason}")
     hooks.agreement_milestone(agreement, "ended")
     return agreement
@@ -597,8 +578,8 @@ def agreement_decline(*, actor: User, agreement: Agreement, reason: str) -> Agre
     agreement.ended_at = timezone.now()
     agreement.end_reason = reason
     agreement.save(update_fields=["status", "ended_at", "end_reason"])
-    audit_record(actor=actor, action=events.AGREEMENT_DECLINED, target=agreement, data={"reason": reason})
-    tasks.notify_lab_declined.delay_on_commit(agreement.pk)
+    audit_append(actor=actor, action=events.AGREEMENT_DECLINED, target=agreement, data={"reason": reason})
+    task_send_on_commit("agreements.tasks.notify_lab_declined", agreement.pk)
     return agreement
 
 
@@ -611,9 +592,9 @@ def agreement_void(*, actor: User, agreement: Agreement, reason: str = "") -> Ag
     agreement.ended_at = timezone.now()
     agreement.end_reason = (reason or "").strip()
     agreement.save(update_fields=["status", "ended_at", "end_reason"])
-    audit_record(actor=actor, action=events.AGREEMENT_VOIDED, target=agreement, data={"reason": agreement.end_reason})
+    audit_append(actor=actor, action=events.AGREEMENT_VOIDED, target=agreement, data={"reason": agreement.end_reason})
     if was_sent:
-        tasks.notify_signatories.delay_on_commit(agreement.pk, "voided")
+        task_send_on_commit("agreements.tasks.notify_signatories", agreement.pk, "voided")
     return agreement
 
 
@@ -624,7 +605,7 @@ def agreement_terminate(*, actor: User, agreement: Agreement, reason: str) -> Ag
     reason = _require_reason(reason)
     agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
     _end(actor=actor, agreement=agreement, step="terminate", action=events.AGREEMENT_TERMINATED, reason=reason)
-    tasks.notify_signatories.delay_on_commit(agreement.pk, "terminated")
+    task_send_on_commit("agreements.tasks.notify_signatories", agreement.pk, "terminated")
     return agreement
 
 
@@ -663,13 +644,13 @@ def agreement_remind(*, agreement: Agreement) -> bool:
     agreement.last_reminder_at = timezone.now()
     agreement.reminders_sent += 1
     agreement.save(update_fields=["last_reminder_at", "reminders_sent"])
-    audit_record(
+    audit_append(
         actor=None,
         action=events.AGREEMENT_REMINDER_SENT,
         target=agreement,
         data={"reminder": agreement.reminders_sent},
     )
-    tasks.notify_signatories.delay_on_commit(agreement.pk, "reminder")
+    task_send_on_commit("agreements.tasks.notify_signatories", agreement.pk, "reminder")
     return True
 
 
@@ -703,7 +684,7 @@ def grants_create_for_agreement(*, agreement: Agreement, actor: User | None) -> 
             ends_at=ends,
             daily_token_quota=agreement.daily_token_quota,
         )
-        audit_record(
+        audit_append(
             actor=actor,
             action=events.GRANT_CREATED,
             target=grant,
@@ -730,7 +711,7 @@ def _grants_revoke(grants: QuerySet[AccessGrant], *, actor: User | None, reason:
         data = {"agreement": grant.agreement.reference, "checkpoint": grant.checkpoint.slug, "reason": reason}
         if reason == "expired":
             data["ends_at"] = grant.ends_at.isoformat()
-        audit_record(actor=actor, action=events.GRANT_REVOKED, target=grant, organization=grant.organization, data=data)
+        audit_append(actor=actor, action=events.GRANT_REVOKED, target=grant, organization=grant.organization, data=data)
         revoked.append(grant.pk)
     return revoked
 
@@ -813,7 +794,7 @@ def access_refusal_log(
 
     Call it outside any transaction the caller is about to roll back, or the event goes with it.
     """
-    return audit_record(
+    return audit_append(
         actor=actor,
         action=events.ACCESS_REFUSED,
         target=checkpoint,
@@ -875,7 +856,7 @@ def access_request_create(*, actor: User, checkpoints: list[Checkpoint], purpose
         raise ValidationError(errors)
     access_request = AccessRequest.objects.create(organization=organization, requester=actor, purpose=purpose)
     access_request.checkpoints.set(checkpoints)
-    audit_record(
+    audit_append(
         actor=actor,
         action=events.ACCESS_REQUEST_CREATED,
         target=access_request,
@@ -904,7 +885,7 @@ def access_request_withdraw(*, actor: User, access_request: AccessRequest) -> Ac
     access_request.decided_at = timezone.now()
     access_request.decided_by = actor
     access_request.save(update_fields=["status", "decided_at", "decided_by"])
-    audit_record(actor=actor, action=events.ACCESS_REQUEST_WITHDRAWN, target=access_request)
+    audit_append(actor=actor, action=events.ACCESS_REQUEST_WITHDRAWN, target=access_request)
     return access_request
 
 
@@ -928,7 +909,7 @@ def access_request_approve(*, actor: User, access_request: AccessRequest) -> Acc
     access_request.decided_by = actor
     access_request.amendment = amendment
     access_request.save(update_fields=["status", "decided_at", "decided_by", "amendment"])
-    audit_record(
+    audit_append(
         actor=actor,
         action=events.ACCESS_REQUEST_APPROVED,
         target=access_request,
@@ -951,5 +932,5 @@ def access_request_reject(*, actor: User, access_request: AccessRequest, reason:
     access_request.decided_by = actor
     access_request.decision_reason = reason
     access_request.save(update_fields=["status", "decided_at", "decided_by", "decision_reason"])
-    audit_record(actor=actor, action=events.ACCESS_REQUEST_REJECTED, target=access_request, data={"reason": reason})
+    audit_append(actor=actor, action=events.ACCESS_REQUEST_REJECTED, target=access_request, data={"reason": reason})
     return access_request

@@ -8,6 +8,11 @@ from django.core.mail import send_mass_mail
 from django.template.loader import render_to_string
 from django.urls import reverse
 
+from accounts.models import Membership, Role
+from accounts.selectors import lab_organization
+from agreements import services
+from agreements.models import Agreement
+
 SUBJECTS = {
     "sent": "Please sign: model-sharing agreement {ref} with {lab}",
     "reminder": "Reminder: agreement {ref} is waiting for your signature",
@@ -20,8 +25,6 @@ SUBJECTS = {
 
 
 def _send(agreement, kind: str, recipients: list[str]) -> int:
-    from accounts.selectors import lab_organization
-
     if not recipients:
         return 0
     lab = lab_organization()
@@ -39,9 +42,6 @@ def _send(agreement, kind: str, recipients: list[str]) -> int:
 @shared_task(autoretry_for=(ConnectionError, TimeoutError), retry_backoff=True, max_retries=5)
 def notify_signatories(agreement_id: int, kind: str) -> int:
     """Email the partner's signatories (or, once active, everyone at the partner who manages access)."""
-    from accounts.models import Role
-    from agreements.models import Agreement
-
     agreement = Agreement.objects.select_related("organization").filter(pk=agreement_id).first()
     if agreement is None:
         return 0
@@ -57,15 +57,11 @@ def notify_signatories(agreement_id: int, kind: str) -> int:
 
 
 def _lab_legal_emails() -> list[str]:
-    from accounts.models import Membership, Role
-
     return list(Membership.objects.filter(role=Role.LEGAL, user__is_active=True).values_list("user__email", flat=True))
 
 
 @shared_task(autoretry_for=(ConnectionError, TimeoutError), retry_backoff=True, max_retries=5)
 def notify_lab_countersign(agreement_id: int) -> int:
-    from agreements.models import Agreement
-
     agreement = Agreement.objects.select_related("organization").filter(pk=agreement_id).first()
     if agreement is None or agreement.status != Agreement.Status.PARTNER_SIGNED:
         return 0
@@ -74,8 +70,6 @@ def notify_lab_countersign(agreement_id: int) -> int:
 
 @shared_task(autoretry_for=(ConnectionError, TimeoutError), retry_backoff=True, max_retries=5)
 def notify_lab_declined(agreement_id: int) -> int:
-    from agreements.models import Agreement
-
     agreement = Agreement.objects.select_related("organization").filter(pk=agreement_id).first()
     if agreement is None:
         return 0
@@ -84,21 +78,15 @@ def notify_lab_declined(agreement_id: int) -> int:
 
 @shared_task
 def expire_agreements() -> list[str]:
-    from agreements.services import agreements_expire_due
-
-    return agreements_expire_due()
+    return services.agreements_expire_due()
 
 
 @shared_task
 def remind_signatories() -> list[str]:
-    from agreements.services import agreements_remind_due
-
-    return agreements_remind_due()
+    return services.agreements_remind_due()
 
 
 @shared_task(ignore_result=True)
-def grants_revoke_expired() -> int:
+def revoke_expired_grants() -> int:
     """Hourly: revoke grants past their end. Idempotent: a revoked grant is not picked up again."""
-    from agreements.services import grants_revoke_expired as revoke
-
-    return revoke()
+    return services.grants_revoke_expired()

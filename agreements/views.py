@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, QueryDict
@@ -42,7 +42,7 @@ from agreements.forms import (
     TemplateCreateForm,
     TemplateVersionForm,
 )
-from agreements.models import AccessRequest, Agreement, AgreementTemplate, TemplateVersion
+from agreements.models import AccessRequest, Agreement, AgreementTemplate, Signature, TemplateVersion
 from audit.middleware import client_ip
 from models_registry import selectors as registry_selectors
 from models_registry.forms import CheckpointStatusForm
@@ -507,21 +507,15 @@ def agreement_amend(request: HttpRequest, pk: int) -> HttpResponse:
 def agreement_sign(request: HttpRequest, pk: int) -> HttpResponse:
     """Sign for the partner (signatory) or countersign for the lab (legal): the same page and checks."""
     agreement = selectors.agreement_get(user=request_user(request), pk=pk)
-    role = role_of(request.user)
-    if role == Role.SIGNATORY:
-        step, side = "partner_sign", "partner"
-    elif role in selectors.AGREEMENT_MANAGERS:
-        step, side = "countersign", "lab"
-    else:
-        raise PermissionDenied("Only a partner signatory signs an agreement, and only legal countersigns it.")
-    if not agreement.can(step):
+    side = selectors.signing_side(user=request_user(request), agreement=agreement)
+    if not agreement.can(selectors.SIGNING_STEPS[side]):
         messages.info(
             request,
             f"{agreement.reference} is {agreement.get_status_display().lower()}; "
-            f"it is not waiting for your {'signature' if side == 'partner' else 'countersignature'}.",
+            f"it is not waiting for your {'signature' if side == Signature.Side.PARTNER else 'countersignature'}.",
         )
         return redirect("agreement_detail", pk=agreement.pk)
-    if side == "partner":
+    if side == Signature.Side.PARTNER:
         agreement = services.agreement_mark_viewed(actor=request_user(request), agreement=agreement)
     reauth_method, reauth_at = recent_authentication(request)
     initial = {"document_sha256": agreement.document_sha256, "full_name": request_user(request).full_name}
@@ -555,7 +549,7 @@ def agreement_sign(request: HttpRequest, pk: int) -> HttpResponse:
             posted["document_sha256"] = agreement.document_sha256
             form.data = posted
         else:
-            if side == "partner":
+            if side == Signature.Side.PARTNER:
                 messages.success(request, f"You signed {agreement.reference}. The lab countersigns next.")
             else:
                 messages.success(request, f"You countersigned {agreement.reference}. It is now active.")

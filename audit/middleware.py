@@ -1,4 +1,4 @@
-"""Carries the request's IP address to audit_record without threading it through every service."""
+"""Carries the request's IP address to audit_append without threading it through every service."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Writing the audit log: every service calls audit_record inside its own transaction."""
+"""Writing the audit log: every service calls audit_append inside its own transaction."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _normalise(data: dict[str, Any] | None) -> dict[str, Any]:
 AUDIT_APPEND_LOCK = int.from_bytes(b"mp-audit", "big")
 
 
-def audit_record(
+def audit_append(
     *,
     actor: AbstractBaseUser | AnonymousUser | None,
     action: str,

@@ -116,12 +116,14 @@ def _agreements() -> dict[int, int]:
         draft = agreements.agreement_create(
             actor=legal,
             organization=partner,
-            template_version=version,
-            checkpoints=checkpoints,
-            effective_date=timezone.now().date(),
-            term_months=12,
-            daily_token_quota=50_000,
-            purpose="Benchmarking sealed records.",
+            terms=agreements.AgreementTerms(
+                template_version=version,
+                checkpoints=checkpoints,
+                effective_date=timezone.now().date(),
+                term_months=12,
+                daily_token_quota=50_000,
+                purpose="Benchmarking sealed records.",
+            ),
         )
         agreement = agreements.agreement_send(actor=legal, agreement=draft)
         for user in (signer, legal):

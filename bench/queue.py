@@ -325,7 +325,7 @@ def main() -> None:
             timer.patch(services, "validate_params", "submit: validate_params")
             timer.patch(services, "_create_job", "submit: _create_job (tx)")
             timer.patch(services, "access_check", "access_check")
-            timer.patch(services, "audit_record", "audit_record")
+            timer.patch(services, "audit_append", "audit_append")
             timer.patch(services, "job_claim_batch", "worker: job_claim_batch")
             timer.patch(services, "job_recheck_access", "worker: job_recheck_access")
             timer.patch(services, "job_progress", "worker: job_progress")

@@ -429,15 +429,14 @@ LOGGING = {
 }
 
 CELERY_BEAT_SCHEDULE = {
-    "worker-heartbeat": {"task": "inference.tasks.worker_heartbeat", "schedule": 60.0},
     # Expiry is also checked at every use; this sweep makes the revocation visible and audited.
-    "grants-revoke-expired": {"task": "agreements.tasks.grants_revoke_expired", "schedule": 3600.0},
+    "revoke-expired-grants": {"task": "agreements.tasks.revoke_expired_grants", "schedule": 3600.0},
     "expire-agreements": {"task": "agreements.tasks.expire_agreements", "schedule": 3600.0},
     "remind-signatories": {"task": "agreements.tasks.remind_signatories", "schedule": 3600.0},
     "sweep-jobs": {"task": "inference.tasks.sweep_jobs", "schedule": INFERENCE_SWEEP_SECONDS},
     # Signed chain-head checkpoints outside the database; audit_verify checks the rows against them.
     "audit-chain-checkpoint": {
-        "task": "audit.tasks.chain_checkpoint_write",
+        "task": "audit.tasks.write_chain_checkpoint",
         "schedule": 3600.0,
         "options": {"queue": "default"},
     },

@@ -15,10 +15,8 @@ import logging
 import math
 import re
 from collections.abc import Mapping
-from datetime import date
 from typing import Any, cast
 
-import django_filters
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import (
@@ -43,7 +41,6 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.utils import json as drf_json
 
 from core.errors import DomainError
-from core.time import day_end, day_start
 
 logger = logging.getLogger(__name__)
 
@@ -354,21 +351,6 @@ class FilterBackend(DjangoFilterBackend):  # type: ignore[misc]  # django-filter
         if filterset_class is None or not any(name in request.query_params for name in filterset_class.base_filters):
             return queryset
         return super().filter_queryset(request, queryset, view)
-
-
-class CreatedRangeFilterSet(django_filters.FilterSet):  # type: ignore[misc]  # django-filter ships no type hints
-    """created_after / created_before: UTC calendar days, both included."""
-
-    created_after = django_filters.DateFilter(method="_created_after", label="Created on or after (UTC date)")
-    created_before = django_filters.DateFilter(method="_created_before", label="Created on or before (UTC date)")
-
-    def _created_after(self, queryset: Any, name: str, value: date) -> Any:
-        return queryset.filter(created_at__gte=day_start(value))
-
-    def _created_before(self, queryset: Any, name: str, value: date) -> Any:
-        if value >= date.max:
-            return queryset
-        return queryset.filter(created_at__lt=day_end(value))
 
 
 # --- OpenAPI ----------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from accounts.admin import ReadOnlyAdmin
-from inference.models import GenerationJob, Sample, WorkerHeartbeat
+from inference.models import GenerationJob, Sample
 
 
 class SampleInline(admin.TabularInline):
@@ -24,8 +24,3 @@ class GenerationJobAdmin(ReadOnlyAdmin):
     list_filter = ("status", "checkpoint", "organization")
     list_select_related = ("organization", "checkpoint")
     inlines = [SampleInline]
-
-
-@admin.register(WorkerHeartbeat)
-class WorkerHeartbeatAdmin(ReadOnlyAdmin):
-    list_display = ("hostname", "last_seen")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from django import forms
 from django.contrib.humanize.templatetags.humanize import intcomma
@@ -134,26 +134,3 @@ class JobForm(forms.Form):
         """Run a job again: the same settings, a new form key."""
         fields = ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "num_samples", "seed")
         return {"checkpoint": job.checkpoint.slug, **{name: getattr(job, name) for name in fields}}
-
-
-class JobFilterForm(forms.Form):
-    status = forms.ChoiceField(required=False, choices=[("", "All statuses"), *GenerationJob.Status.choices])
-    checkpoint = forms.ModelChoiceField(
-        queryset=Checkpoint.objects.order_by("parameter_count"),
-        to_field_name="slug",
-        required=False,
-        empty_label="All checkpoints",
-    )
-    date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["status"].error_messages["invalid_choice"] = "Choose a status from the list."
-        self.fields["checkpoint"].error_messages["invalid_choice"] = "Choose a checkpoint from the list."
-
-    def clean(self) -> dict[str, Any]:
-        data = cast(dict[str, Any], super().clean())  # Form.clean returns cleaned_data
-        if data.get("date_from") and data.get("date_to") and data["date_from"] > data["date_to"]:
-            self.add_error("date_to", "The end date is before the start date.")
-        return data

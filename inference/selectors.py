@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
 
+import django_filters
 from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.http import Http404
@@ -12,20 +12,16 @@ from django.http import Http404
 from accounts.models import LAB_ROLES, PARTNER_ROLES, User
 from accounts.permissions import role_of
 from agreements.selectors import PartnerCheckpoint, partner_checkpoint_overview
+from core.filters import CreatedRangeFilterSet
 from inference.models import GenerationJob, Sample
 from inference.services import queue_for
 from models_registry.models import Checkpoint
 
 
-def job_list(
-    *,
-    user: User,
-    status: str | None = None,
-    checkpoint: Checkpoint | None = None,
-    date_from: date | None = None,
-    date_to: date | None = None,
-) -> QuerySet[GenerationJob]:
-    """Newest first. One query per page however many jobs there are: every row's relations are joined."""
+def job_list(*, user: User) -> QuerySet[GenerationJob]:
+    """Newest first. One query per page however many jobs there are: every row's relations are joined.
+
+    The list's filters (JobFilter) narrow this, on the jobs page and in the API alike."""
     role = role_of(user)
     if role is None:
         raise Http404
@@ -34,16 +30,29 @@ def job_list(
         jobs = jobs.filter(organization_id=user.membership.organization_id)
     elif role not in LAB_ROLES:
         raise Http404
-    if status:
-        jobs = jobs.filter(status=status)
-    if checkpoint is not None:
-        jobs = jobs.filter(checkpoint=checkpoint)
-    # UTC calendar days as a range on created_at, so the (organization, created_at) index serves it.
-    if date_from is not None:
-        jobs = jobs.filter(created_at__gte=datetime.combine(date_from, time.min, tzinfo=UTC))
-    if date_to is not None:
-        jobs = jobs.filter(created_at__lt=datetime.combine(date_to + timedelta(days=1), time.min, tzinfo=UTC))
     return jobs.order_by("-created_at", "-pk")
+
+
+class JobFilter(CreatedRangeFilterSet):
+    """The job list's filters: the jobs page's form and GET /api/v1/jobs/'s query parameters."""
+
+    status = django_filters.ChoiceFilter(
+        choices=GenerationJob.Status.choices,
+        empty_label="All statuses",
+        error_messages={"invalid_choice": "Choose a status from the list."},
+    )
+    checkpoint = django_filters.ModelChoiceFilter(
+        queryset=Checkpoint.objects.order_by("parameter_count"),
+        to_field_name="slug",
+        empty_label="All checkpoints",
+        label="Checkpoint",
+        help_text="A checkpoint slug, e.g. gpt2.",
+        error_messages={"invalid_choice": "Choose a checkpoint from the list."},
+    )
+
+    class Meta:
+        model = GenerationJob
+        fields = ["status", "checkpoint", "created_after", "created_before"]
 
 
 def job_get(*, user: User, pk: int, with_samples: bool = False) -> GenerationJob:

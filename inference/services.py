@@ -22,8 +22,9 @@ from accounts.permissions import require_role
 from agreements.selectors import AccessDecision, AccessRefused, access_check
 from agreements.services import access_refusal_log, grants_revoke_for_checkpoint, usage_reserve, usage_settle
 from audit import events
-from audit.services import audit_record
+from audit.services import audit_append
 from core.errors import DomainError
+from core.tasks import task_send
 from inference.models import GenerationJob, Sample
 from inference.tokens import count_prompt_tokens
 from models_registry.models import Checkpoint
@@ -197,7 +198,7 @@ def _create_job(
         prompt_tokens=prompt_tokens,
         last_enqueued_at=now,
     )
-    audit_record(
+    audit_append(
         actor=actor,
         action=events.JOB_SUBMITTED,
         target=job,
@@ -236,14 +237,13 @@ def enqueue_job(job: GenerationJob) -> None:
 
 
 def _send_job(job: GenerationJob, queue: str) -> None:
-    from inference.tasks import run_job
-
     try:
         # Publishing retries as CELERY_TASK_PUBLISH_RETRY_POLICY says: once, at once, not for seconds.
         # The sender's limits travel in the message and the worker applies them: generation has its
         # own, apart from the CPU worker's tasks (records, email).
-        run_job.apply_async(
-            args=[job.pk],
+        task_send(
+            "inference.tasks.run_job",
+            job.pk,
             queue=queue,
             soft_time_limit=settings.INFERENCE_SOFT_TIME_LIMIT,
             time_limit=settings.INFERENCE_TIME_LIMIT,
@@ -281,7 +281,7 @@ def job_cancel(*, actor: User, job: GenerationJob) -> GenerationJob:
             job.save(update_fields=["cancel_requested_at"])
     else:
         raise ValidationError(f"Job #{job.pk} already {job.get_status_display().lower()}; there is nothing to cancel.")
-    audit_record(actor=actor, action=events.JOB_CANCELLED, target=job, data={"status": job.status})
+    audit_append(actor=actor, action=events.JOB_CANCELLED, target=job, data={"status": job.status})
     return job
 
 
@@ -327,7 +327,7 @@ def checkpoint_withdraw(*, actor: User, checkpoint: Checkpoint, reason: str) -> 
     stopping = GenerationJob.objects.filter(
         checkpoint=checkpoint, status=GenerationJob.Status.RUNNING, cancel_requested_at=None
     ).update(cancel_requested_at=now)
-    audit_record(
+    audit_append(
         actor=actor,
         action=events.CHECKPOINT_WITHDRAWN,
         target=checkpoint,
@@ -399,7 +399,7 @@ def job_claim_batch(*, job_id: int, worker: str) -> list[GenerationJob]:
             .order_by("created_at", "pk")
         )
         for job in jobs:
-            audit_record(
+            audit_append(
                 actor=None,
                 action=events.JOB_STARTED,
                 target=job,
@@ -493,7 +493,7 @@ def job_complete(
         ]
     )  # fmt: skip
     _usage_settle(row)
-    audit_record(
+    audit_append(
         actor=None,
         action=events.JOB_CANCELLED if cancelled else events.JOB_SUCCEEDED,
         target=row,
@@ -524,7 +524,7 @@ def job_fail(*, job: GenerationJob, worker: str | None, code: str, message: str)
     row.lease_expires_at = None
     row.save(update_fields=["status", "finished_at", "error_code", "error_message", "lease_expires_at"])
     _usage_settle(row)
-    audit_record(actor=None, action=events.JOB_FAILED, target=row, organization=row.organization, data={"code": code})
+    audit_append(actor=None, action=events.JOB_FAILED, target=row, organization=row.organization, data={"code": code})
     return True
 
 
@@ -558,7 +558,7 @@ def jobs_sweep(*, now: datetime | None = None) -> dict[str, list[int]]:
             row.lease_expires_at = None
             row.last_enqueued_at = now
             row.save(update_fields=["status", "worker", "lease_expires_at", "last_enqueued_at"])
-            audit_record(
+            audit_append(
                 actor=None, action=events.JOB_REQUEUED, target=row, organization=row.organization,
                 data={"attempts": row.attempts},
             )  # fmt: skip

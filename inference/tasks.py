@@ -7,11 +7,12 @@ import logging
 import os
 import time
 
-from celery import shared_task
+from celery import current_app, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_process_init
 from django.conf import settings
-from django.utils import timezone
+
+from inference import services
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +23,8 @@ def _generation_queues() -> set[str]:
 
 def _serves_generation(sender: object) -> bool:
     """Whether this worker consumes a generation queue; the CPU worker (`default`) never loads torch."""
-    from config.celery import app
-
-    consumed = set(app.amqp.queues.consume_from or app.amqp.queues)
+    queues = current_app.amqp.queues
+    consumed = set(queues.consume_from or queues)
     return bool(consumed & _generation_queues())
 
 
@@ -62,16 +62,6 @@ def prepare_generation() -> None:
     logger.info("Generation ready in process %d: torch %d thread(s)", os.getpid(), torch.get_num_threads())
 
 
-@shared_task(bind=True, ignore_result=True)
-def worker_heartbeat(self) -> str:
-    """Record that a worker is alive; beat sends it every minute."""
-    from inference.models import WorkerHeartbeat
-
-    hostname = self.request.hostname or "unknown"
-    WorkerHeartbeat.objects.update_or_create(hostname=hostname, defaults={"last_seen": timezone.now()})
-    return hostname
-
-
 @shared_task(bind=True, ignore_result=True, acks_late=True, reject_on_worker_lost=True)
 def run_job(self, job_id: int) -> list[int]:
     """Claim a job (and compatible queued ones) and generate their samples as one batch.
@@ -80,8 +70,6 @@ def run_job(self, job_id: int) -> list[int]:
     message is redelivered (reject_on_worker_lost) or the sweeper re-queues the jobs once their lease
     lapses; attempts are counted on the job rows, not in the broker.
     """
-    from inference import services
-
     worker = self.request.hostname or "worker"
     jobs = services.job_claim_batch(job_id=job_id, worker=worker)
     if not jobs:
@@ -93,7 +81,7 @@ def run_job(self, job_id: int) -> list[int]:
 
 
 def _generate(jobs: list, worker: str, *, retrying: bool = False) -> None:
-    from inference import engine, services
+    from inference import engine  # torch: only a generation worker ever gets here (prepare_generation)
 
     checkpoint = jobs[0].checkpoint
     by_key = {job.pk: job for job in jobs}
@@ -182,8 +170,6 @@ class _CancelPoll:
         self.tokens: dict[int, int] = {}
 
     def progress(self, tokens: dict) -> None:
-        from inference import services
-
         self.tokens = dict(tokens)
         self.cancelled_ids = services.job_progress(job_ids=self.job_ids, tokens=self.tokens, worker=self.worker)
         self.last_poll = time.monotonic()
@@ -196,6 +182,4 @@ class _CancelPoll:
 
 @shared_task(ignore_result=True)
 def sweep_jobs() -> dict[str, list[int]]:
-    from inference.services import jobs_sweep
-
-    return jobs_sweep()
+    return services.jobs_sweep()

@@ -22,7 +22,7 @@ from accounts.views import apply_validation_error
 from agreements.selectors import AccessRefused
 from agreements.views import checkpoint_detail
 from inference import selectors, services
-from inference.forms import JobFilterForm, JobForm
+from inference.forms import JobForm
 from inference.models import GenerationJob
 from inference.services import IdempotencyConflict
 from models_registry import selectors as registry_selectors
@@ -35,13 +35,9 @@ JOBS_PER_PAGE = 25
 @login_required
 def job_list(request: HttpRequest) -> HttpResponse:
     """Partners: their organisation's jobs. Lab staff: every organisation's, read-only."""
-    form = JobFilterForm(request.GET or None)
-    filters = {}
-    if form.is_bound and form.is_valid():
-        filters = {name: value for name, value in form.cleaned_data.items() if value}
-    jobs = selectors.job_list(user=request_user(request), **filters)
-    if form.errors:
-        jobs = jobs.none()
+    filters = selectors.JobFilter(request.GET or None, queryset=selectors.job_list(user=request_user(request)))
+    form = filters.form
+    jobs = filters.qs.none() if form.errors else filters.qs
     page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
@@ -51,7 +47,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
         "query": query.urlencode(),
         "is_lab": role_of(request.user) in LAB_ROLES,
         "can_submit": role_of(request.user) in PARTNER_ROLES,
-        "filtered": bool(filters or form.errors),
+        "filtered": bool(filters.is_bound and any(form.data.get(name) for name in form.fields)),
     }
     return render(request, "inference/job_list.html", context, status=400 if form.errors else 200)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import Http404
 
@@ -27,6 +28,17 @@ def checkpoint_get(*, user: User, slug: str) -> Checkpoint:
     if checkpoint is None:
         raise Http404
     return checkpoint
+
+
+def checkpoints_by_slug(slugs: list[str]) -> list[Checkpoint]:
+    """The checkpoints named, in the order given; a ValidationError names the unknown ones and the known."""
+    found = {c.slug: c for c in Checkpoint.objects.filter(slug__in=set(slugs))}
+    unknown = [slug for slug in dict.fromkeys(slugs) if slug not in found]
+    if unknown:
+        known = ", ".join(Checkpoint.objects.order_by("parameter_count").values_list("slug", flat=True))
+        names = ", ".join(repr(slug) for slug in unknown)
+        raise ValidationError(f"No checkpoint called {names}; there are: {known}.")
+    return [found[slug] for slug in dict.fromkeys(slugs)]
 
 
 # --- Weights on disk -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from django.utils import timezone
 from accounts.models import Role, User
 from accounts.permissions import require_role
 from audit import events
-from audit.services import audit_record
+from audit.services import audit_append
 from core.validators import clean_reason
 from models_registry.models import Checkpoint
 from models_registry.weights import DEMO_SHAPES, GPT2Shape, WeightsError, WeightsInfo, inspect_checkpoint
@@ -83,7 +83,7 @@ def checkpoint_register_weights(
             "weights_registered_at",
         ]
     )
-    audit_record(
+    audit_append(
         actor=actor,
         action=events.CHECKPOINT_WEIGHTS_REGISTERED,
         target=checkpoint,
@@ -192,7 +192,7 @@ def checkpoint_embargo(*, actor: User, checkpoint: Checkpoint, reason: str = "")
     checkpoint.status = Checkpoint.Status.EMBARGOED
     checkpoint.status_reason = reason
     checkpoint.save(update_fields=["status", "status_reason"])
-    audit_record(actor=actor, action=events.CHECKPOINT_EMBARGOED, target=checkpoint, data={"reason": reason})
+    audit_append(actor=actor, action=events.CHECKPOINT_EMBARGOED, target=checkpoint, data={"reason": reason})
     return checkpoint
 
 
@@ -210,7 +210,7 @@ def checkpoint_restore(*, actor: User, checkpoint: Checkpoint) -> Checkpoint:
     checkpoint.status = Checkpoint.Status.AVAILABLE
     checkpoint.status_reason = ""
     checkpoint.save(update_fields=["status", "status_reason"])
-    audit_record(actor=actor, action=events.CHECKPOINT_RESTORED, target=checkpoint, data={"from": previous})
+    audit_append(actor=actor, action=events.CHECKPOINT_RESTORED, target=checkpoint, data={"from": previous})
     return checkpoint
 
 

@@ -23,6 +23,7 @@ from audit import events
 from audit.models import AuditEvent
 from audit.selectors import audit_chain_verify
 from core.api import ApiError, ErrorSerializer
+from core.filters import END_BEFORE_START
 from records.forms import UPLOAD_LIMIT, upload_declared_too_large
 from records.models import SealedRecord
 from records.selectors import AUDIT_READERS, agreement_record_pdf, audit_event_list, record_verify
@@ -58,8 +59,8 @@ class AuditQuerySerializer(serializers.Serializer):
     action = serializers.CharField(
         required=False, max_length=64, help_text="An action (agreement.signed) or a prefix ending in a dot (job.)."
     )
-    date_from = serializers.DateField(required=False, help_text="UTC date, included.")
-    date_to = serializers.DateField(required=False, help_text="UTC date, included.")
+    created_after = serializers.DateField(required=False, help_text="Created on or after (UTC date).")
+    created_before = serializers.DateField(required=False, help_text="Created on or before (UTC date).")
 
     def validate_action(self, action: str) -> str:
         known = events.all_actions()
@@ -68,8 +69,8 @@ class AuditQuerySerializer(serializers.Serializer):
         raise serializers.ValidationError(f"Unknown action {action!r}; use one like agreement.signed, or job.")
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
-        if data.get("date_from") and data.get("date_to") and data["date_from"] > data["date_to"]:
-            raise serializers.ValidationError({"date_to": "The end date is before the start date."})
+        if data.get("created_after") and data.get("created_before") and data["created_after"] > data["created_before"]:
+            raise serializers.ValidationError({"created_before": END_BEFORE_START})
         return data
 
 
@@ -91,8 +92,8 @@ class AuditEventListApi(generics.ListAPIView):
             organization_id=filters.get("organization"),
             actor_email=filters.get("actor"),
             action=filters.get("action"),
-            date_from=filters.get("date_from"),
-            date_to=filters.get("date_to"),
+            created_after=filters.get("created_after"),
+            created_before=filters.get("created_before"),
         )
 
 

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 from django.apps import AppConfig
 
 from agreements import hooks
-from records.tasks import seal_agreement_record
+from core.tasks import task_send_on_commit
 
 if TYPE_CHECKING:
     from agreements.models import Agreement
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 def _seal_on_milestone(agreement: Agreement, occasion: hooks.Occasion) -> None:
     """An agreement became active or ended: seal its record once that change is committed."""
-    seal_agreement_record.delay_on_commit(agreement.pk, occasion)
+    task_send_on_commit("records.tasks.seal_agreement_record", agreement.pk, occasion)
 
 
 class RecordsConfig(AppConfig):

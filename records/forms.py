@@ -8,9 +8,12 @@ from django.utils.datastructures import MultiValueDict
 
 from accounts.models import Organization
 from audit import events
+from core.filters import CreatedRangeForm
 
 
-class AuditFilterForm(forms.Form):
+class AuditFilterForm(CreatedRangeForm):
+    field_order = ["organization", "actor", "action", "created_after", "created_before"]
+
     organization = forms.ModelChoiceField(
         queryset=Organization.objects.order_by("name"),
         required=False,
@@ -19,8 +22,6 @@ class AuditFilterForm(forms.Form):
     )
     actor = forms.EmailField(required=False, label="Actor email")
     action = forms.ChoiceField(required=False)
-    date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -28,12 +29,6 @@ class AuditFilterForm(forms.Form):
             (a, a) for a in events.all_actions()
         ]
         self.fields["action"].error_messages["invalid_choice"] = "Choose an action from the list."
-
-    def clean(self) -> dict[str, Any]:
-        data = cast(dict[str, Any], super().clean())  # Form.clean returns cleaned_data
-        if data.get("date_from") and data.get("date_to") and data["date_from"] > data["date_to"]:
-            self.add_error("date_to", "The end date is before the start date.")
-        return data
 
 
 UPLOAD_LIMIT = 20 * 1024 * 1024  # DESIGN.md: uploads ≤ 20 MB

@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from accounts.permissions import require_role, role_of
 from agreements.models import AccessGrant, Agreement, Signature
 from agreements.selectors import agreement_get
 from audit.models import GENESIS_HASH, AuditEvent, ChainHead
+from core.filters import created_within
 from inference.models import GenerationJob, Sample
 from records.models import SealedRecord
 
@@ -32,27 +33,32 @@ def audit_event_list(
     organization_id: int | None = None,
     actor_email: str | None = None,
     action: str | None = None,
-    date_from: date | None = None,
-    date_to: date | None = None,
+    created_after: date | None = None,
+    created_before: date | None = None,
 ) -> QuerySet[AuditEvent]:
     """Events newest first; only lab admins, legal and auditors may read the log."""
     require_role(user, *AUDIT_READERS)
     events = AuditEvent.objects.select_related("organization").order_by("-seq")
+    return _audit_events_filtered(events, organization_id, actor_email, action, created_after, created_before)
+
+
+def _audit_events_filtered(
+    events: QuerySet[AuditEvent],
+    organization_id: int | None,
+    actor_email: str | None,
+    action: str | None,
+    created_after: date | None,
+    created_before: date | None,
+) -> QuerySet[AuditEvent]:
+    """The audit log's filters, as the page, the API and an export apply them. An action ending in a
+    dot is a prefix (`job.`); dates are UTC days, both included."""
     if organization_id:
         events = events.filter(organization_id=organization_id)
     if actor_email:
         events = events.filter(actor_email__iexact=actor_email.strip())
     if action:
-        events = events.filter(action=action) if not action.endswith(".") else events.filter(action__startswith=action)
-    if date_from:
-        events = events.filter(created_at__gte=_start_of(date_from))
-    if date_to:
-        events = events.filter(created_at__lt=_start_of(date_to) + timedelta(days=1))
-    return events
-
-
-def _start_of(day: date) -> datetime:
-    return datetime.combine(day, time.min, tzinfo=UTC)
+        events = events.filter(action__startswith=action) if action.endswith(".") else events.filter(action=action)
+    return created_within(events, created_after, created_before)
 
 
 # --- Sealed records: who may read which, what goes into them, and verification -----------------
@@ -310,19 +316,19 @@ def audit_log_export_events(filters: dict[str, Any]) -> QuerySet[AuditEvent]:
 
     The requester's role was checked when the export was requested; this runs in the task.
     """
+
+    def day(name: str) -> date | None:
+        return date.fromisoformat(filters[name]) if filters.get(name) else None
+
     events = AuditEvent.objects.select_related("organization").order_by("seq")
-    if filters.get("organization_id"):
-        events = events.filter(organization_id=filters["organization_id"])
-    if filters.get("actor_email"):
-        events = events.filter(actor_email__iexact=filters["actor_email"].strip())
-    action = filters.get("action")
-    if action:
-        events = events.filter(action__startswith=action) if action.endswith(".") else events.filter(action=action)
-    if filters.get("date_from"):
-        events = events.filter(created_at__gte=_start_of(date.fromisoformat(filters["date_from"])))
-    if filters.get("date_to"):
-        events = events.filter(created_at__lt=_start_of(date.fromisoformat(filters["date_to"])) + timedelta(days=1))
-    return events
+    return _audit_events_filtered(
+        events,
+        filters.get("organization_id"),
+        filters.get("actor_email"),
+        filters.get("action"),
+        day("created_after"),
+        day("created_before"),
+    )
 
 
 def audit_filters_described(filters: dict[str, Any]) -> list[tuple[str, str]]:
@@ -331,7 +337,12 @@ def audit_filters_described(filters: dict[str, Any]) -> list[tuple[str, str]]:
     if filters.get("organization_id"):
         organization = Organization.objects.filter(pk=filters["organization_id"]).first()
         described.append(("Organisation", organization.name if organization else f"#{filters['organization_id']}"))
-    for key, label in (("actor_email", "Actor"), ("action", "Action"), ("date_from", "From"), ("date_to", "To")):
+    for key, label in (
+        ("actor_email", "Actor"),
+        ("action", "Action"),
+        ("created_after", "From"),
+        ("created_before", "To"),
+    ):
         if filters.get(key):
             described.append((label, str(filters[key])))
     return described

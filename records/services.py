@@ -37,8 +37,9 @@ from agreements.models import Agreement
 from audit import events
 from audit.models import GENESIS_HASH, ChainHead
 from audit.selectors import audit_chain_verify
-from audit.services import audit_record
-from records import selectors, tasks
+from audit.services import audit_append
+from core.tasks import task_send_on_commit
+from records import selectors
 from records.models import SealedRecord
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def agreement_record_request(*, actor: User, agreement: Agreement) -> list[str]:
     if not missing:
         raise ValidationError(f"{agreement.reference}'s records are already sealed (or being sealed).")
     for occasion in missing:
-        tasks.seal_agreement_record.delay_on_commit(agreement.pk, str(occasion), actor.pk)
+        task_send_on_commit("records.tasks.seal_agreement_record", agreement.pk, str(occasion), actor.pk)
     return [str(occasion) for occasion in missing]
 
 
@@ -117,14 +118,14 @@ def record_export_request(
         raise ValidationError(f"Unknown export {kind!r}.")
     with transaction.atomic():
         record = SealedRecord.objects.create(kind=kind, organization=organization, filters=filters, created_by=actor)
-        audit_record(
+        audit_append(
             actor=actor,
             action=events.RECORD_EXPORT_REQUESTED,
             target=record,
             organization=organization,
             data={"kind": kind, "organization": organization.name if organization else None, "filters": filters},
         )
-        tasks.run_record_export.delay_on_commit(record.pk)
+        task_send_on_commit("records.tasks.run_record_export", record.pk)
     return record
 
 
@@ -144,7 +145,7 @@ def record_export_run(*, record_id: int) -> SealedRecord | None:
 @transaction.atomic
 def record_download(*, actor: User, record: SealedRecord) -> SealedRecord:
     """Audit that `actor` took a copy of `record` (who exported what). Scoping is the selector's."""
-    audit_record(
+    audit_append(
         actor=actor,
         action=events.RECORD_DOWNLOADED,
         target=record,
@@ -171,7 +172,7 @@ def _audit_key_generated(actor: User | None, cert_sha256: str) -> None:
     from records import pdf
 
     key_path, cert_path = pdf.seal_key_paths()
-    audit_record(
+    audit_append(
         actor=actor,
         action=events.RECORD_KEY_GENERATED,
         data={"cert_sha256": cert_sha256, "cert_path": str(cert_path), "key_path": str(key_path)},
@@ -185,8 +186,8 @@ def _normalise_filters(filters: dict[str, Any]) -> dict[str, Any]:
         "organization_id": getattr(organization, "pk", organization) or None,
         "actor_email": (filters.get("actor") or filters.get("actor_email") or "").strip(),
         "action": filters.get("action") or "",
-        "date_from": _iso(filters.get("date_from")),
-        "date_to": _iso(filters.get("date_to")),
+        "created_after": _iso(filters.get("created_after")),
+        "created_before": _iso(filters.get("created_before")),
     }
     return {key: value for key, value in out.items() if value}
 
@@ -346,7 +347,7 @@ def _record_finish(
             **(extra or {}),
         }
         action = events.RECORD_SEALED if record.kind == SealedRecord.Kind.AGREEMENT_RECORD else events.RECORD_EXPORTED
-        audit_record(actor=actor, action=action, target=record, organization=record.organization, data=data)
+        audit_append(actor=actor, action=action, target=record, organization=record.organization, data=data)
 
 
 def _record_fail(record: SealedRecord, *, actor: User | None, message: str) -> None:
@@ -360,7 +361,7 @@ def _record_fail(record: SealedRecord, *, actor: User | None, message: str) -> N
             if record.kind == SealedRecord.Kind.AGREEMENT_RECORD
             else events.RECORD_EXPORT_FAILED
         )
-        audit_record(
+        audit_append(
             actor=actor,
             action=action,
             target=record,

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from accounts.models import User
+from records.services import record_export_run, record_seal_agreement
+
 
 @shared_task(autoretry_for=(ConnectionError, TimeoutError), retry_backoff=True, max_retries=5)
 def seal_agreement_record(agreement_id: int, occasion: str, actor_id: int | None = None) -> str | None:
     """Queued when an agreement becomes active ("activated") and when it ends ("ended")."""
-    from accounts.models import User
-    from records.services import record_seal_agreement
-
     actor = User.objects.filter(pk=actor_id).first() if actor_id else None
     record = record_seal_agreement(agreement_id=agreement_id, occasion=occasion, actor=actor)
     return record.status if record else None
@@ -19,7 +19,5 @@ def seal_agreement_record(agreement_id: int, occasion: str, actor_id: int | None
 
 @shared_task(autoretry_for=(ConnectionError, TimeoutError), retry_backoff=True, max_retries=5)
 def run_record_export(record_id: int) -> str | None:
-    from records.services import record_export_run
-
     record = record_export_run(record_id=record_id)
     return record.status if record else None

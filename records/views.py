@@ -54,8 +54,8 @@ def audit_event_list_page(request: HttpRequest) -> HttpResponse:
             "organization_id": data["organization"].pk if data["organization"] else None,
             "actor_email": data["actor"],
             "action": data["action"],
-            "date_from": data["date_from"],
-            "date_to": data["date_to"],
+            "created_after": data["created_after"],
+            "created_before": data["created_before"],
         }
     events = (
         audit_event_list(user=request_user(request), **filters)

@@ -6,17 +6,19 @@ these fixtures by name. Every builder goes through the services, as the product 
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 from collections.abc import Callable
-from datetime import UTC, date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import time_machine
 from django.utils import timezone
 
+from accounts import services as accounts
+from accounts.models import Role, User
 from agreements import services
-from agreements import services as access
-from agreements.models import AccessGrant, Agreement, AgreementTemplate, GrantUsage, TemplateVersion
+from agreements.models import AccessGrant, Agreement, GrantUsage, TemplateVersion
 from inference.models import GenerationJob
 from models_registry import services as registry
 from models_registry.models import Checkpoint
@@ -44,7 +46,7 @@ def small_checkpoints(gpt2_stages) -> list[Checkpoint]:
     return list(Checkpoint.objects.filter(slug__in=["gpt2", "gpt2-medium"]).order_by("parameter_count"))
 
 
-def draft_agreement(legal, organization, version, checkpoints, **overrides) -> Agreement:
+def draft_agreement(legal, organization, version, checkpoints, *, amends=None, replaces_amended=True, **overrides):
     terms = {
         "effective_date": timezone.now().date(),
         "term_months": 12,
@@ -53,7 +55,11 @@ def draft_agreement(legal, organization, version, checkpoints, **overrides) -> A
     }
     terms.update(overrides)
     return services.agreement_create(
-        actor=legal, organization=organization, template_version=version, checkpoints=checkpoints, **terms
+        actor=legal,
+        organization=organization,
+        terms=services.AgreementTerms(template_version=version, checkpoints=checkpoints, **terms),
+        amends=amends,
+        replaces_amended=replaces_amended,
     )
 
 
@@ -130,27 +136,35 @@ def checkpoints(db) -> dict[str, Checkpoint]:
 
 @pytest.fixture
 def published_template(legal) -> TemplateVersion:
-    template = AgreementTemplate.objects.create(name="GPT-2 model-sharing agreement", created_by=legal)
-    return TemplateVersion.objects.create(
-        template=template,
-        number=1,
-        body=TEMPLATE_BODY,
-        status=TemplateVersion.Status.PUBLISHED,
-        sha256=hashlib.sha256(TEMPLATE_BODY.encode()).hexdigest(),
-        created_by=legal,
-        published_at=timezone.now(),
-        published_by=legal,
-    )
+    draft = services.template_create(actor=legal, name="GPT-2 model-sharing agreement", body=TEMPLATE_BODY)
+    return services.template_version_publish(actor=legal, version=draft)
 
 
 MakeAgreement = Callable[..., Agreement]
+
+
+def signatory_of(organization) -> User:
+    """The organisation's signatory (a persona when the test asked for one), so its agreements can be signed."""
+    membership = organization.memberships.filter(role=Role.SIGNATORY, user__is_active=True).first()
+    if membership is not None:
+        return membership.user
+    return accounts.user_create(
+        actor=None,
+        organization=organization,
+        email=f"signatory@{organization.pk}.partner.example",
+        role=Role.SIGNATORY,
+        password="correct horse battery staple",
+        full_name="Sam Signatory",
+    )
 
 
 @pytest.fixture
 def make_agreement(legal, published_template) -> MakeAgreement:
     """make_agreement(partner_a, ["gpt2"], effective=..., status="active", quota=...) -> Agreement.
 
-    An active agreement gets its grants, exactly as countersigning creates them.
+    Drafted, sent and (for an active one) signed and countersigned through the services, on its
+    effective date when that is in the past: exactly the agreement, grants and events the product makes.
+    An amendment keeps the agreement it amends active.
     """
 
     def make(
@@ -163,21 +177,32 @@ def make_agreement(legal, published_template) -> MakeAgreement:
         quota: int = 50_000,
         amends: Agreement | None = None,
     ) -> Agreement:
-        agreement = Agreement.objects.create(
-            organization=organization,
+        today = timezone.now().date()
+        effective = effective or today
+        terms = services.AgreementTerms(
             template_version=published_template,
-            status=status,
-            effective_date=effective or timezone.now().date(),
+            checkpoints=list(Checkpoint.objects.filter(slug__in=slugs)),
+            effective_date=effective,
             term_months=term_months,
             daily_token_quota=quota,
             purpose=PURPOSE,
-            amends=amends,
-            created_by=legal,
-            activated_at=timezone.now() if status == Agreement.Status.ACTIVE else None,
         )
-        agreement.checkpoints.set(Checkpoint.objects.filter(slug__in=slugs))
-        if status == Agreement.Status.ACTIVE:
-            access.grants_create_for_agreement(agreement=agreement, actor=legal)
+        signer = signatory_of(organization)
+        then = datetime.combine(effective, timezone.now().time(), tzinfo=UTC) if effective < today else None
+        with time_machine.travel(then, tick=False) if then else contextlib.nullcontext():
+            agreement = services.agreement_create(
+                actor=legal, organization=organization, terms=terms, amends=amends, replaces_amended=False
+            )
+            if status == Agreement.Status.DRAFT:
+                return agreement
+            agreement = services.agreement_send(actor=legal, agreement=agreement)
+            if status == Agreement.Status.OUT_FOR_SIGNATURE:
+                return agreement
+            assert status == Agreement.Status.ACTIVE, f"make_agreement builds drafts, sent or active, not {status}"
+            sign(signer, agreement)
+            agreement.refresh_from_db()
+            sign(legal, agreement)
+        agreement.refresh_from_db()
         return agreement
 
     return make
@@ -189,7 +214,7 @@ def end_agreement(agreement: Agreement, step: str, reason: str, actor=None) -> A
     agreement.ended_at = timezone.now()
     agreement.end_reason = reason
     agreement.save()
-    access.grants_revoke_for_agreement(
+    services.grants_revoke_for_agreement(
         agreement=agreement, actor=actor, reason=f"agreement {agreement.reference} {reason}"
     )
     return agreement

@@ -5,6 +5,9 @@ Partner B is the outsider in every test about Partner A's data.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 from django.core.cache import cache
 
@@ -38,15 +41,21 @@ def _seal_key(tmp_path_factory) -> tuple:
 
 
 @pytest.fixture(autouse=True)
-def records_dir(settings, tmp_path, _seal_key):
-    """Sealed records go to the test's own folder, sealed with a key made once for the session.
+def records_dir(settings, tmp_path_factory, _seal_key) -> Path:
+    """Sealed records and a copy of the session's sealing key live in this test's own folder, which
+    a test may change (delete the key, rotate it) without touching any other test.
 
-    Tests run with DEBUG off, where sealing refuses to invent a key: one is made as an operator would.
+    Tests run with DEBUG off, where sealing refuses to invent a key: it is installed as an operator would.
     """
-    settings.RECORDS_DIR = tmp_path / "records"
-    settings.RECORDS_KEY_PATH, settings.RECORDS_CERT_PATH = _seal_key
+    folder = tmp_path_factory.mktemp("records")  # beside tmp_path, which stays the test's own
+    settings.RECORDS_DIR = folder
+    settings.RECORDS_KEY_PATH = folder / "dev-seal-key.pem"
+    settings.RECORDS_CERT_PATH = folder / "dev-seal-cert.pem"
     settings.RECORDS_TSA_URL = ""
-    return settings.RECORDS_DIR
+    key, cert = _seal_key
+    shutil.copy2(key, settings.RECORDS_KEY_PATH)
+    shutil.copy2(cert, settings.RECORDS_CERT_PATH)
+    return folder
 
 
 @pytest.fixture(autouse=True)

@@ -7,10 +7,10 @@ only SELECT on the head table: it can no longer rewrite the head to match a rewr
 
 On PostgreSQL the trigger function is SECURITY DEFINER, owned by the role that runs migrations,
 with its search_path pinned so that no object the app role can create is looked up first. On
-SQLite, plain triggers do the same, so audit_record follows one code path on both.
+SQLite, plain triggers do the same, so audit_append follows one code path on both.
 
 A missing head row (the test suite's flush truncates it) counts as the empty chain: the trigger
-creates it. Existing databases keep their head row, which audit_record has kept up to date.
+creates it. Existing databases keep their head row, which audit_append has kept up to date.
 """
 
 from django.db import migrations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -145,12 +146,7 @@ def test_sending_freezes_the_document_and_emails_the_signatories(
         services.agreement_update(
             actor=legal,
             agreement=sent,
-            template_version=sent.template_version,
-            checkpoints=list(sent.checkpoints.all()),
-            effective_date=sent.effective_date,
-            term_months=24,
-            daily_token_quota=sent.daily_token_quota,
-            purpose=sent.purpose,
+            terms=dataclasses.replace(services.AgreementTerms.of(sent), term_months=24),
         )
 
 

@@ -42,18 +42,12 @@ def no_generation(monkeypatch) -> list[int]:
 
 
 @pytest.fixture
-def sealed_record(settings, tmp_path, active):
-    """Partner A's active agreement with its sealed record, made in-process as activation would."""
+def sealed_record(records_dir, active):
+    """Partner A's active agreement with its sealed record, made in-process as activation would
+    (in the test's records folder, with the session's sealing key)."""
     from records.models import SealedRecord
-    from records.pdf import generate_seal_key
     from records.tasks import seal_agreement_record
 
-    folder = tmp_path / "records"
-    settings.RECORDS_DIR = folder
-    settings.RECORDS_KEY_PATH = folder / "dev-seal-key.pem"
-    settings.RECORDS_CERT_PATH = folder / "dev-seal-cert.pem"
-    settings.RECORDS_TSA_URL = ""
-    generate_seal_key(settings.RECORDS_KEY_PATH, settings.RECORDS_CERT_PATH)
     assert seal_agreement_record.delay(active.pk, "activated").get() == "ready"
     return SealedRecord.objects.get(agreement=active, occasion="activated")
 

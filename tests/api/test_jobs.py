@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import pytest
 import time_machine
@@ -77,13 +77,16 @@ def test_a_partner_without_an_agreement_gets_403_access_denied_naming_what_is_mi
 def test_an_exhausted_quota_is_429_quota_exceeded_with_when_it_resets(api, researcher_a, active, gpt2, no_generation):
     client = api(researcher_a)
     big = job_body(num_samples=8, max_new_tokens=512)  # reserves 4,096 of the 50,000 tokens a day
-    with time_machine.travel(datetime(2026, 12, 1, 15, 30, tzinfo=UTC), tick=False):
+    # 15:30 UTC on a day of the agreement's term (tomorrow): the quota resets 8.5 hours later.
+    tomorrow = timezone.now().date() + timedelta(days=1)
+    with time_machine.travel(datetime.combine(tomorrow, time(15, 30), tzinfo=UTC), tick=False):
         assert [client.post("/api/v1/jobs/", big, format="json").status_code for _ in range(12)] == [202] * 12
         response = client.post("/api/v1/jobs/", big, format="json")
     assert response.status_code == 429
     error = error_of(response)
     assert error["code"] == "quota_exceeded"
-    assert error["details"] == {"resets_at": "2026-12-02T00:00:00Z", "quota_left": 50_000 - 12 * 4096}
+    resets_at = f"{tomorrow + timedelta(days=1):%Y-%m-%d}T00:00:00Z"
+    assert error["details"] == {"resets_at": resets_at, "quota_left": 50_000 - 12 * 4096}
     assert "daily token quota of 50,000" in error["message"]
     assert int(response["Retry-After"]) == 8 * 3600 + 30 * 60
 

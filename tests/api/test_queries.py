@@ -20,7 +20,7 @@ from agreements import services as access
 from agreements import services as agreements
 from agreements.models import AccessGrant
 from audit import events
-from audit.services import audit_record
+from audit.services import audit_append
 from inference import services as inference
 from models_registry.models import Checkpoint
 from tests.api.conftest import client_with, token_for
@@ -83,7 +83,7 @@ def grow(researcher_a, legal, partner_a, active, gpt2, published_version, small_
 
     def audit_events(start: int, stop: int) -> None:
         for i in range(start, stop):
-            audit_record(actor=legal, action=events.ORGANIZATION_UPDATED, target=partner_a, data={"i": i})
+            audit_append(actor=legal, action=events.ORGANIZATION_UPDATED, target=partner_a, data={"i": i})
 
     def organizations(start: int, stop: int) -> None:
         for i in range(start, stop):

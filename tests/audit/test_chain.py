@@ -14,7 +14,7 @@ from django.db import connection, connections, transaction
 from accounts import services
 from audit.models import AppendOnlyError, AuditEvent, ChainHead
 from audit.selectors import audit_chain_verify
-from audit.services import audit_record
+from audit.services import audit_append
 
 pytestmark = pytest.mark.django_db
 CHAIN_TRIGGER = importlib.import_module("audit.migrations.0004_chain_head_maintained_by_the_database")
@@ -153,7 +153,7 @@ def test_two_threads_writing_200_events_each_leave_one_chain_of_400():
             start.wait()
             for n in range(200):
                 with transaction.atomic():
-                    audit_record(actor=None, action="test.concurrent", data={"writer": name, "n": n})
+                    audit_append(actor=None, action="test.concurrent", data={"writer": name, "n": n})
         except BaseException as exc:
             errors.append(exc)
         finally:

@@ -23,7 +23,7 @@ from accounts import services
 from audit.checkpoints import CheckpointError, checkpoint_dir, checkpoint_write, checkpoints_load
 from audit.models import GENESIS_HASH, AuditEvent, ChainHead
 from audit.selectors import audit_chain_verify
-from audit.tasks import chain_checkpoint_write
+from audit.tasks import write_chain_checkpoint
 from records.pdf import generate_seal_key
 from tests.audit.test_chain import behind_the_apps_back
 
@@ -153,11 +153,11 @@ def test_no_new_checkpoint_is_written_while_the_head_stands_still(chain, lab_adm
 
 def test_the_hourly_task_writes_a_checkpoint_once(chain, settings):
     entry = settings.CELERY_BEAT_SCHEDULE["audit-chain-checkpoint"]
-    assert entry["task"] == chain_checkpoint_write.name == "audit.tasks.chain_checkpoint_write"
+    assert entry["task"] == write_chain_checkpoint.name == "audit.tasks.write_chain_checkpoint"
     assert entry["schedule"] == 3600.0 and entry["options"]["queue"] == "default"
     head = ChainHead.objects.get(pk=1)
-    assert chain_checkpoint_write.delay().get() == head.seq
-    assert chain_checkpoint_write.delay().get() is None  # a second run finds the head signed already
+    assert write_chain_checkpoint.delay().get() == head.seq
+    assert write_chain_checkpoint.delay().get() is None  # a second run finds the head signed already
     assert [c.seq for c in checkpoints_load().checkpoints] == [head.seq]
 
 

@@ -25,7 +25,7 @@ from django.db import IntegrityError, connection, transaction
 
 from audit.models import AuditEvent, ChainHead
 from audit.selectors import audit_chain_verify
-from audit.services import audit_record
+from audit.services import audit_append
 
 psycopg = pytest.importorskip("psycopg")
 from psycopg import errors, sql  # noqa: E402
@@ -170,12 +170,12 @@ def test_the_app_role_runs_the_app_appends_events_and_verifies(roles):
         from django.core.management import call_command
         from django.db import transaction
         from accounts import services
-        from audit.services import audit_record
+        from audit.services import audit_append
 
         with transaction.atomic():
             services.organization_create(actor=None, name="Role Test", legal_name="Role Test Ltd")
             for n in range(3):
-                audit_record(actor=None, action="test.app_role", data={"n": n})
+                audit_append(actor=None, action="test.app_role", data={"n": n})
         call_command("audit_checkpoint")
         call_command("audit_verify")
         """
@@ -248,7 +248,7 @@ def not_extending(seq: int, digest: str) -> list[tuple[int, str, str]]:
 
 @pytest.mark.django_db
 def test_the_database_refuses_an_event_that_does_not_extend_the_head_and_moves_it_for_one_that_does():
-    last = audit_record(actor=None, action="test.head", data={})
+    last = audit_append(actor=None, action="test.head", data={})
     for row in not_extending(last.seq, last.hash):
         with pytest.raises(IntegrityError, match="audit chain"), transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(INSERT_EVENT, list(row))
@@ -262,7 +262,7 @@ def test_the_database_refuses_an_event_that_does_not_extend_the_head_and_moves_i
 def test_a_missing_head_row_counts_as_the_empty_chain():
     assert not AuditEvent.objects.exists()
     ChainHead.objects.all().delete()  # as the test suite's flush leaves it
-    first = audit_record(actor=None, action="test.first", data={})
+    first = audit_append(actor=None, action="test.first", data={})
     assert (first.seq, first.prev_hash) == (1, "0" * 64)
     assert ChainHead.objects.values_list("seq", "hash").get(pk=1) == (1, first.hash)
     assert audit_chain_verify().ok

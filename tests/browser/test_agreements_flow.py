@@ -238,12 +238,14 @@ def test_versions_diff_lists_and_decline_pages_work_on_desktop_and_phone(
         agreement=services.agreement_create(
             actor=legal,
             organization=partner_a,
-            template_version=v1,
-            checkpoints=checkpoints,
-            effective_date=date.today(),
-            term_months=12,
-            daily_token_quota=50_000,
-            purpose="Studying the detectability of synthetic text in news corpora.",
+            terms=services.AgreementTerms(
+                template_version=v1,
+                checkpoints=checkpoints,
+                effective_date=date.today(),
+                term_months=12,
+                daily_token_quota=50_000,
+                purpose="Studying the detectability of synthetic text in news corpora.",
+            ),
         ),
     )
 

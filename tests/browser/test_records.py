@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import re
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from records.models import SealedRecord
 from tests.browser.conftest import PHONE, login, screenshot
-from tests.records.conftest import records_dir  # noqa: F401  (records and the sealing key in a temp folder)
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "records"
 
@@ -85,3 +86,28 @@ def test_an_export_in_progress_shows_progress_then_its_download(page: Page, live
 @pytest.fixture(autouse=True)
 def _artifacts_folder() -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+
+@pytest.mark.usefixtures("active")
+def test_the_auditor_filters_the_audit_log_by_days_and_is_told_when_the_range_is_backwards(
+    page: Page, live_server, auditor
+):
+    login(page, live_server, auditor.email)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Audit log").click()
+    today = timezone.now().date()
+    page.get_by_label("Action").select_option("agreement.countersigned")
+    page.locator("#id_created_after").fill(today.isoformat())
+    page.locator("#id_created_before").fill(today.isoformat())
+    page.get_by_role("button", name="Filter").click()
+    rows = page.locator("table tbody tr")
+    expect(rows).to_have_count(1)  # today's one countersignature, by legal
+    expect(rows.first).to_contain_text("agreement.countersigned")
+    expect(rows.first).to_contain_text("legal@lab.example")
+    assert f"created_after={today.isoformat()}" in page.url
+    screenshot(page, "audit-log-filtered")
+
+    page.locator("#id_created_before").fill((today - timedelta(days=1)).isoformat())
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator(".field.has-error")).to_contain_text("The end date is before the start date.")
+    expect(page.get_by_text("No events match these filters.")).to_be_visible()
+    screenshot(page, "audit-log-backwards-range")

@@ -95,6 +95,9 @@ def test_rows_of_the_previous_schema_survive_the_move_to_layers():
     record = SealedRecord.objects.create(
         kind="agreement_record", agreement=agreement, occasion="activated", sha256="ab" * 32
     )
+    export = SealedRecord.objects.create(
+        kind="audit_log_csv", filters={"action": "job.", "date_from": "2026-01-01", "date_to": "2026-01-31"}
+    )
 
     _migrate()  # forward to the newest migration of every app
     from agreements.models import AccessGrant as Grant
@@ -109,6 +112,12 @@ def test_rows_of_the_previous_schema_survive_the_move_to_layers():
     assert list(Request.objects.get(pk=request.pk).checkpoints.values_list("slug", flat=True)) == ["gpt2"]
     assert Job.objects.filter(grant=moved_grant).count() == 2
     assert Record.objects.get(pk=record.pk).agreement_id == agreement.pk
+    # An audit log export keeps its filters under the names every list uses now.
+    assert Record.objects.get(pk=export.pk).filters == {
+        "action": "job.",
+        "created_after": "2026-01-01",
+        "created_before": "2026-01-31",
+    }
     # The ledger reads what the jobs charged: 90 generated plus 300 still reserved.
     usage = GrantUsage.objects.get(grant=moved_grant)
     assert (usage.tokens_used, usage.tokens_reserved) == (90, 300)

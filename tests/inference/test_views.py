@@ -377,8 +377,8 @@ def test_the_list_filters_by_status_checkpoint_and_date(client, researcher_a, ac
     assert shown(status="cancelled") == {big.pk}
     assert shown(checkpoint="gpt2") == {small.pk}
     today = timezone.now().date()
-    assert shown(date_from=today.isoformat(), date_to=today.isoformat()) == {small.pk, big.pk}
-    assert shown(date_from=(today + timedelta(days=1)).isoformat()) == set()
+    assert shown(created_after=today.isoformat(), created_before=today.isoformat()) == {small.pk, big.pk}
+    assert shown(created_after=(today + timedelta(days=1)).isoformat()) == set()
     assert "No jobs match these filters." in text(client.get(reverse("job_list"), {"status": "failed"}))
 
 
@@ -387,8 +387,12 @@ def test_the_list_filters_by_status_checkpoint_and_date(client, researcher_a, ac
     [
         ({"status": "exploded"}, "status", "Choose a status from the list."),
         ({"checkpoint": "gpt2-huge"}, "checkpoint", "Choose a checkpoint from the list."),
-        ({"date_from": "yesterday"}, "date_from", "Enter a valid date."),
-        ({"date_from": "2026-02-02", "date_to": "2026-02-01"}, "date_to", "The end date is before the start date."),
+        ({"created_after": "yesterday"}, "created_after", "Enter a valid date."),
+        (
+            {"created_after": "2026-02-02", "created_before": "2026-02-01"},
+            "created_before",
+            "The end date is before the start date.",
+        ),
     ],
 )
 def test_bad_filters_are_answered_next_to_the_field(client, researcher_a, active, gpt2, query, field, message):

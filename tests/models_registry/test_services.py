@@ -12,7 +12,7 @@ from django.utils import timezone
 from agreements import services as access
 from agreements.models import AccessGrant, AccessRequest, Agreement
 from agreements.selectors import access_check
-from agreements.tasks import grants_revoke_expired
+from agreements.tasks import revoke_expired_grants
 from audit import events
 from audit.models import AuditEvent
 from inference import services as jobs
@@ -116,13 +116,13 @@ def test_status_changes_that_make_no_sense_are_refused(lab_admin, checkpoints):
 def test_the_hourly_sweep_revokes_only_grants_past_their_end(partner_a, partner_b, make_agreement):
     old = make_agreement(partner_a, ["gpt2"], effective=months_ago(13), term_months=12)
     current = make_agreement(partner_b, ["gpt2"])
-    assert grants_revoke_expired.delay().get() == 1
+    assert revoke_expired_grants.delay().get() == 1
     expired = old.grants.get()
     assert expired.revoked_at is not None and expired.revoke_reason == "expired"
     assert current.grants.get().revoked_at is None
     event = AuditEvent.objects.filter(action=events.GRANT_REVOKED).get()
     assert event.organization == partner_a and event.data["reason"] == "expired"
-    assert grants_revoke_expired.delay().get() == 0, "a second run changes nothing"
+    assert revoke_expired_grants.delay().get() == 0, "a second run changes nothing"
 
 
 # --- Access requests ----------------------------------------------------------------------------------

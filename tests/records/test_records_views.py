@@ -16,7 +16,7 @@ from pypdf import PdfReader
 from agreements import services as agreements
 from agreements.models import AccessGrant
 from audit.models import AuditEvent
-from audit.services import audit_record
+from audit.services import audit_append
 from inference.models import GenerationJob, Sample
 from records import selectors
 from records.models import SealedRecord
@@ -60,7 +60,7 @@ def job(active, researcher_a) -> GenerationJob:
         Sample.objects.create(
             job=job, index=index, text=text, token_count=tokens, sha256=hashlib.sha256(text.encode()).hexdigest()
         )
-    audit_record(
+    audit_append(
         actor=None,
         action="job.succeeded",
         target=job,

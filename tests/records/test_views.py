@@ -34,9 +34,11 @@ def test_filters_narrow_the_log(client, auditor, lab_admin, partner_a, partner_b
     by_actor = client.get(reverse("audit_event_list"), {"actor": "admin@lab.example"}).context["page"].object_list
     assert {e.actor_email for e in by_actor} == {"admin@lab.example"}
     today = rows[0].created_at.date().isoformat()
-    in_range = client.get(reverse("audit_event_list"), {"date_from": today, "date_to": today}).context["page"]
+    in_range = client.get(reverse("audit_event_list"), {"created_after": today, "created_before": today}).context[
+        "page"
+    ]
     assert in_range.paginator.count >= 1
-    before = client.get(reverse("audit_event_list"), {"date_to": "2000-01-01"}).context["page"]
+    before = client.get(reverse("audit_event_list"), {"created_before": "2000-01-01"}).context["page"]
     assert before.paginator.count == 0
 
 
@@ -44,7 +46,7 @@ def test_bad_filters_get_messages_not_errors(client, auditor):
     client.force_login(auditor)
     response = client.get(
         reverse("audit_event_list"),
-        {"date_from": "2026-02-30", "action": "nope", "date_to": "yesterday", "organization": "abc"},
+        {"created_after": "2026-02-30", "action": "nope", "created_before": "yesterday", "organization": "abc"},
     )
     assert response.status_code == 400
     page = response.content.decode()

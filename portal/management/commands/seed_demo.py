@@ -152,12 +152,14 @@ class Command(BaseCommand):
         draft = agreements.agreement_create(
             actor=legal,
             organization=organization,
-            template_version=version,
-            checkpoints=checkpoints,
-            effective_date=timezone.now().date(),
-            term_months=12,
-            daily_token_quota=50_000,
-            purpose=purpose,
+            terms=agreements.AgreementTerms(
+                template_version=version,
+                checkpoints=checkpoints,
+                effective_date=timezone.now().date(),
+                term_months=12,
+                daily_token_quota=50_000,
+                purpose=purpose,
+            ),
         )
         return agreements.agreement_send(actor=legal, agreement=draft)
 
