@@ -70,3 +70,21 @@ class TokenCreateForm(forms.Form):
         choices.setdefault(default, f"{default} days")
         expiry_days.choices = sorted(choices.items())
         expiry_days.initial = default
+
+
+class NotificationSettingsForm(forms.Form):
+    """Tick the kinds of notice to receive; essential ones are shown, always on, and not part of the form."""
+
+    enabled = forms.MultipleChoiceField(
+        label="Tell me when",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={
+            "invalid_choice": "%(value)s is not a notification you can switch on or off; choose from the list."
+        },
+    )
+
+    def __init__(self, *args: Any, optional: list[tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        enabled = cast(forms.MultipleChoiceField, self.fields["enabled"])
+        enabled.choices = optional

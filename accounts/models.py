@@ -178,3 +178,107 @@ class Invitation(models.Model):
         if self.is_expired:
             return "expired"
         return "pending"
+
+
+# --- Notifications ----------------------------------------------------------------------------------
+# The apps above raise these events; accounts only stores and delivers them, so it names them as strings.
+
+
+class NotificationKind(models.TextChoices):
+    AGREEMENT_TO_SIGN = "agreement_to_sign", "An agreement or amendment is ready for your signature"
+    AGREEMENT_TO_COUNTERSIGN = "agreement_to_countersign", "A partner signed; the lab's countersignature is needed"
+    AGREEMENT_ENDED = "agreement_ended", "An agreement was terminated or withdrawn"
+    CHECKPOINT_WITHDRAWN = "checkpoint_withdrawn", "A checkpoint your organisation holds is withdrawn"
+    AGREEMENT_ACTIVE = "agreement_active", "An agreement or amendment becomes active"
+    AGREEMENT_DECLINED = "agreement_declined", "A partner declines an agreement"
+    ACCESS_REQUEST_RECEIVED = "access_request_received", "A partner asks for access to checkpoints"
+    ACCESS_REQUEST_DECIDED = "access_request_decided", "Your organisation's access request is approved or rejected"
+    CHECKPOINT_EMBARGOED = "checkpoint_embargoed", "A checkpoint your organisation holds is embargoed"
+    JOB_CANCELLED = "job_cancelled", "Your generation job is cancelled by someone else or by the lab"
+
+
+# Essential notices ask the person to act (sign, countersign) or tell them that access has ended; nobody
+# can switch them off. Every other kind can be switched off on the notification settings page.
+ESSENTIAL_KINDS = frozenset(
+    {
+        NotificationKind.AGREEMENT_TO_SIGN,
+        NotificationKind.AGREEMENT_TO_COUNTERSIGN,
+        NotificationKind.AGREEMENT_ENDED,
+        NotificationKind.CHECKPOINT_WITHDRAWN,
+    }
+)
+
+# Who can receive each kind: the settings page offers a person only the kinds their role receives.
+KIND_AUDIENCE: dict[str, tuple[str, ...]] = {
+    NotificationKind.AGREEMENT_TO_SIGN: (Role.SIGNATORY,),
+    NotificationKind.AGREEMENT_TO_COUNTERSIGN: (Role.LEGAL,),
+    NotificationKind.AGREEMENT_ENDED: (Role.SIGNATORY, Role.PARTNER_ADMIN),
+    NotificationKind.CHECKPOINT_WITHDRAWN: PARTNER_ROLES,
+    NotificationKind.AGREEMENT_ACTIVE: (Role.SIGNATORY, Role.PARTNER_ADMIN),
+    NotificationKind.AGREEMENT_DECLINED: (Role.LEGAL,),
+    NotificationKind.ACCESS_REQUEST_RECEIVED: (Role.LEGAL, Role.LAB_ADMIN),
+    NotificationKind.ACCESS_REQUEST_DECIDED: PARTNER_ROLES,
+    NotificationKind.CHECKPOINT_EMBARGOED: PARTNER_ROLES,
+    NotificationKind.JOB_CANCELLED: PARTNER_ROLES,
+}
+
+
+class Notification(models.Model):
+    """One event told to one person: listed in the app, and emailed once.
+
+    `dedupe_key` names the event (e.g. "access_request.decided:12"): the same event for the same
+    person is stored once, so a task that runs twice or a repeated call adds nothing. `emailed_at`
+    is claimed before the email goes out, so it goes out once.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="notifications")
+    kind = models.CharField(max_length=40, choices=NotificationKind.choices)
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+    url = models.CharField(max_length=500, help_text="A path on this site, e.g. /agreements/3/.")
+    dedupe_key = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now)
+    read_at = models.DateTimeField(null=True, blank=True)
+    emailed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "dedupe_key"], name="notification_once_per_user_and_event"),
+            models.CheckConstraint(
+                condition=models.Q(kind__in=NotificationKind.values), name="notification_kind_valid"
+            ),
+        ]
+        indexes = [models.Index(fields=["user", "-created_at"], name="notification_user_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.title} (to {self.user})"
+
+    @property
+    def is_read(self) -> bool:
+        return self.read_at is not None
+
+    @property
+    def is_essential(self) -> bool:
+        return self.kind in ESSENTIAL_KINDS
+
+
+class NotificationOptOut(models.Model):
+    """A kind of notice this person switched off: neither listed nor emailed from then on."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="notification_opt_outs")
+    kind = models.CharField(max_length=40, choices=NotificationKind.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["user", "kind"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "kind"], name="notification_opt_out_once"),
+            models.CheckConstraint(
+                condition=models.Q(kind__in=[k for k in NotificationKind.values if k not in ESSENTIAL_KINDS]),
+                name="notification_opt_out_not_essential",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} switched off {self.kind}"

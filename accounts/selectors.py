@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 from knox.models import AuthToken
 
-from accounts.models import LAB_ROLES, Invitation, Membership, Organization, Role, User
+from accounts.models import (
+    ESSENTIAL_KINDS,
+    KIND_AUDIENCE,
+    LAB_ROLES,
+    Invitation,
+    Membership,
+    Notification,
+    NotificationKind,
+    NotificationOptOut,
+    Organization,
+    Role,
+    User,
+)
 from accounts.permissions import require_role, role_of
 
 
@@ -103,3 +117,63 @@ def api_token_get(*, user: User, key: str) -> AuthToken:
 def api_token_manageable(user: User, token: AuthToken) -> bool:
     membership = getattr(token.user, "membership", None)
     return membership is not None and can_manage_users(user, membership.organization)
+
+
+# --- Notifications: a person sees their own, and nobody else's --------------------------------------
+
+HOME_NOTIFICATIONS = 5
+
+
+def notification_list(*, user: User) -> QuerySet[Notification]:
+    """The user's own notifications, newest first."""
+    return Notification.objects.filter(user=user).order_by("-created_at", "-pk")
+
+
+def notification_get(*, user: User, pk: int) -> Notification:
+    """One of the user's own notifications; anyone else's is 404, as if it did not exist."""
+    notification = Notification.objects.filter(user=user, pk=pk).first()
+    if notification is None:
+        raise Http404
+    return notification
+
+
+def notification_home(*, user: User) -> dict[str, object]:
+    """The home page's panel: the latest few, and how many are unread in all."""
+    notifications = notification_list(user=user)
+    return {
+        "notifications": list(notifications[:HOME_NOTIFICATIONS]),
+        "unread_notification_count": notifications.filter(read_at=None).count(),
+    }
+
+
+@dataclass(frozen=True)
+class NotificationSetting:
+    kind: str
+    label: str
+    essential: bool
+    enabled: bool
+
+
+def notification_settings(*, user: User) -> list[NotificationSetting]:
+    """The kinds this user's role receives, essential ones first, each with whether it is on."""
+    role = role_of(user)
+    if role is None:
+        raise Http404
+    off = set(NotificationOptOut.objects.filter(user=user).values_list("kind", flat=True))
+    settings = [
+        NotificationSetting(
+            kind=kind.value, label=kind.label, essential=kind in ESSENTIAL_KINDS, enabled=kind.value not in off
+        )
+        for kind in NotificationKind
+        if role in KIND_AUDIENCE[kind]
+    ]
+    return sorted(settings, key=lambda s: not s.essential)
+
+
+def notification_recipients(*, users: list[User], kind: str) -> list[User]:
+    """Those of `users` who are active and have not switched `kind` off (essential kinds reach everyone active)."""
+    active = [user for user in dict.fromkeys(users) if user.is_active]
+    if kind in ESSENTIAL_KINDS or not active:
+        return active
+    off = set(NotificationOptOut.objects.filter(user__in=active, kind=kind).values_list("user_id", flat=True))
+    return [user for user in active if user.pk not in off]

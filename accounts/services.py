@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.mail import send_mail
 from django.core.validators import validate_email
 from django.db import transaction
+from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
 from knox.models import AuthToken
 from knox.settings import knox_settings
 
-from accounts.models import Invitation, Membership, Organization, Role, User, hash_token
+from accounts.models import (
+    ESSENTIAL_KINDS,
+    Invitation,
+    Membership,
+    Notification,
+    NotificationKind,
+    NotificationOptOut,
+    Organization,
+    Role,
+    User,
+    hash_token,
+)
 from accounts.permissions import REAUTH_WINDOW, require_role, role_of
-from accounts.selectors import api_token_manageable
+from accounts.selectors import api_token_manageable, notification_recipients, notification_settings
 from audit import events
 from audit.services import audit_append
 from core.tasks import task_send_on_commit
@@ -364,3 +379,128 @@ def api_token_revoke(*, actor: User, token: AuthToken) -> None:
         data={"token": token.token_key, "owner": token.user.email},
     )
     AuthToken.objects.filter(digest=token.digest).delete()
+
+
+# --- Notifications ----------------------------------------------------------------------------------
+# Each notice is written in the transaction of the change it tells of (a rolled-back change tells
+# nobody) and emailed once after it commits. Notices are not audited one by one: the change they tell
+# of already is, and the audit chain is for what people and the system did, not for what they were told.
+
+
+@transaction.atomic
+def notifications_record(
+    *, users: Iterable[User], kind: str, title: str, body: str, url: str, dedupe_key: str
+) -> list[Notification]:
+    """Store the notice for each active user who has not switched its kind off; returns those not yet emailed.
+
+    The same `dedupe_key` for the same user is stored once: a repeated call (a redelivered task) adds
+    nothing, and returns a row again only while its email has not gone out.
+    """
+    if kind not in NotificationKind.values:
+        raise ValueError(f"Unknown notification kind {kind!r}.")
+    if not url.startswith("/") or url.startswith("//"):
+        raise ValueError(f"A notification links to a path on this site, not {url!r}.")
+    recipients = notification_recipients(users=list(users), kind=kind)
+    if not recipients:
+        return []
+    now = timezone.now()
+    Notification.objects.bulk_create(
+        [
+            Notification(
+                user=user, kind=kind, title=title[:200], body=body, url=url, dedupe_key=dedupe_key, created_at=now
+            )
+            for user in recipients
+        ],
+        ignore_conflicts=True,  # the notice is already there: the unique (user, dedupe_key) says so
+    )
+    return list(
+        Notification.objects.filter(user__in=recipients, dedupe_key=dedupe_key, emailed_at=None)
+        .select_related("user")
+        .order_by("user__email")
+    )
+
+
+def notifications_send(
+    *, users: Iterable[User], kind: str, title: str, body: str, url: str, dedupe_key: str
+) -> list[Notification]:
+    """Store the notice (notifications_record) and email each new one once the transaction commits."""
+    notifications = notifications_record(users=users, kind=kind, title=title, body=body, url=url, dedupe_key=dedupe_key)
+    for notification in notifications:
+        task_send_on_commit("accounts.tasks.email_notification", notification.pk)
+    return notifications
+
+
+def notification_email(*, notification: Notification) -> bool:
+    """Email one notice, at most once; False when it was emailed already (or its reader left).
+
+    Claim first with a conditional UPDATE: a task redelivered under acks_late, or two workers at
+    once, find the row claimed and send nothing. A failed send gives the claim back, so the retry
+    can send it.
+    """
+    claimed_at = timezone.now()
+    claimed = Notification.objects.filter(pk=notification.pk, emailed_at=None, user__is_active=True).update(
+        emailed_at=claimed_at
+    )
+    if not claimed:
+        return False
+    notification = Notification.objects.select_related("user").get(pk=notification.pk)
+    context = {
+        "notification": notification,
+        "url": settings.SITE_URL + notification.url,
+        "settings_url": settings.SITE_URL + reverse("notification_settings"),
+    }
+    try:
+        send_mail(
+            subject=notification.title,
+            message=render_to_string("accounts/email/notification.txt", context),
+            from_email=None,
+            recipient_list=[notification.user.email],
+        )
+    except Exception:
+        Notification.objects.filter(pk=notification.pk, emailed_at=claimed_at).update(emailed_at=None)
+        raise
+    return True
+
+
+def notification_mark_read(*, user: User, notification: Notification) -> Notification:
+    """Mark one of the user's own notices read. Not audited: it changes only what that person sees."""
+    if notification.user_id != user.pk:
+        raise PermissionDenied("People mark only their own notifications read.")
+    if notification.read_at is None:
+        notification.read_at = timezone.now()
+        Notification.objects.filter(pk=notification.pk, read_at=None).update(read_at=notification.read_at)
+    return notification
+
+
+def notifications_mark_all_read(*, user: User) -> int:
+    """Mark every unread notice of the user read; returns how many were unread."""
+    return Notification.objects.filter(user=user, read_at=None).update(read_at=timezone.now())
+
+
+@transaction.atomic
+def notification_settings_set(*, actor: User, enabled: Collection[str]) -> list[str]:
+    """Switch the actor's optional kinds on (those in `enabled`) or off (the rest); returns the kinds now off.
+
+    Essential kinds cannot be switched off; naming one is harmless, naming an unknown kind is refused.
+    """
+    offered = {setting.kind for setting in notification_settings(user=actor)}
+    unknown = sorted(set(enabled) - offered)
+    if unknown:
+        raise ValidationError(
+            {"enabled": f"{', '.join(unknown)} is not a notification you receive; choose from the list."}
+        )
+    wanted_off = sorted(kind for kind in offered - set(enabled) if kind not in ESSENTIAL_KINDS)
+    before = sorted(NotificationOptOut.objects.filter(user=actor).values_list("kind", flat=True))
+    if wanted_off != before:
+        NotificationOptOut.objects.filter(user=actor).exclude(kind__in=wanted_off).delete()
+        NotificationOptOut.objects.bulk_create(
+            [NotificationOptOut(user=actor, kind=kind) for kind in wanted_off], ignore_conflicts=True
+        )
+        audit_append(
+            actor=actor,
+            action=events.NOTIFICATION_SETTINGS_CHANGED,
+            target=actor,
+            organization=actor.organization,
+            data={"switched_off": wanted_off, "before": before},
+        )
+    return wanted_off

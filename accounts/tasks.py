@@ -4,7 +4,8 @@ from django.core.mail import send_mail
 from django.template.loader import render_to_string
 from django.urls import reverse
 
-from accounts.models import Invitation
+from accounts.models import Invitation, Notification
+from accounts.services import notification_email
 
 
 @shared_task(autoretry_for=(ConnectionError, TimeoutError), retry_backoff=True, max_retries=5)
@@ -23,3 +24,12 @@ def send_invitation_email(invitation_id: int, token: str) -> None:
         from_email=None,
         recipient_list=[invitation.email],
     )
+
+
+@shared_task(autoretry_for=(ConnectionError, TimeoutError), retry_backoff=True, max_retries=5)
+def email_notification(notification_id: int) -> bool:
+    """Email one notice; the service claims it first, so a redelivered message sends nothing more."""
+    notification = Notification.objects.filter(pk=notification_id).first()
+    if notification is None:
+        return False
+    return notification_email(notification=notification)

@@ -4,6 +4,10 @@ from accounts import views
 
 urlpatterns = [
     path("account/tokens/", views.token_list, name="api_token_list"),
+    path("account/notifications/", views.notification_settings, name="notification_settings"),
+    path("notifications/", views.notification_list, name="notification_list"),
+    path("notifications/read/", views.notifications_mark_all_read, name="notifications_mark_all_read"),
+    path("notifications/<int:pk>/", views.notification_open, name="notification_open"),
     path("account/tokens/<str:key>/revoke/", views.token_revoke, name="api_token_revoke"),
     path("organizations/", views.organization_list, name="organization_list"),
     path("organizations/new/", views.organization_create, name="organization_create"),

@@ -17,6 +17,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
@@ -24,6 +25,7 @@ from accounts import selectors, services
 from accounts.forms import (
     AcceptInvitationForm,
     InvitationForm,
+    NotificationSettingsForm,
     OrganizationEditForm,
     OrganizationForm,
     RoleForm,
@@ -267,3 +269,68 @@ def token_revoke(request: HttpRequest, key: str) -> HttpResponse:
     whose = "Your token" if owner.pk == request.user.pk else f"{owner.email}'s token"
     messages.success(request, f"{whose} {key}… is revoked; requests with it are now refused.")
     return redirect("api_token_list")
+
+
+# --- Notifications: each person's own list, opened and marked read; their settings ------------------
+
+
+@login_required
+def notification_list(request: HttpRequest) -> HttpResponse:
+    if role_of(request.user) is None:
+        raise Http404
+    notifications = selectors.notification_list(user=request_user(request))
+    page = Paginator(notifications, 50).get_page(request.GET.get("page"))
+    unread = notifications.filter(read_at=None).count()
+    return render(request, "accounts/notification_list.html", {"page": page, "unread": unread})
+
+
+@login_required
+def notification_open(request: HttpRequest, pk: int) -> HttpResponse:
+    """Follow a notice's link, marking it read; another person's notice is 404."""
+    notification = selectors.notification_get(user=request_user(request), pk=pk)
+    services.notification_mark_read(user=request_user(request), notification=notification)
+    # Stored links are paths on this site; checked again so a bad row can never send anyone elsewhere.
+    if not url_has_allowed_host_and_scheme(notification.url, allowed_hosts={request.get_host()}):
+        return redirect("notification_list")
+    return redirect(notification.url)
+
+
+@login_required
+@require_POST
+def notifications_mark_all_read(request: HttpRequest) -> HttpResponse:
+    if role_of(request.user) is None:
+        raise Http404
+    count = services.notifications_mark_all_read(user=request_user(request))
+    messages.success(
+        request, f"{count} notification{'s' if count != 1 else ''} marked read." if count else "Nothing is unread."
+    )
+    return redirect("home" if request.POST.get("next") == "home" else "notification_list")
+
+
+@login_required
+def notification_settings(request: HttpRequest) -> HttpResponse:
+    """Switch off the kinds of notice that are not essential; essential ones are listed as always on."""
+    settings_ = selectors.notification_settings(user=request_user(request))
+    optional = [(s.kind, s.label) for s in settings_ if not s.essential]
+    initial = {"enabled": [s.kind for s in settings_ if not s.essential and s.enabled]}
+    form = NotificationSettingsForm(request.POST or None, optional=optional, initial=initial)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                off = services.notification_settings_set(
+                    actor=request_user(request), enabled=form.cleaned_data["enabled"]
+                )
+            except ValidationError as exc:
+                apply_validation_error(form, exc)
+            else:
+                messages.success(
+                    request,
+                    f"Saved. {len(off)} kind{'s' if len(off) != 1 else ''} of notification switched off."
+                    if off
+                    else "Saved. You receive every kind of notification.",
+                )
+                return redirect("notification_settings")
+        status = 400
+    context = {"form": form, "essential": [s for s in settings_ if s.essential], "optional": optional}
+    return render(request, "accounts/notification_settings.html", context, status=status)

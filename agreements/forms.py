@@ -146,7 +146,17 @@ class AgreementForm(forms.Form):
             organization.error_messages["invalid_choice"] = "Choose a partner organisation from the list."
         template_version = cast("forms.ModelChoiceField[TemplateVersion]", self.fields["template_version"])
         template_version.queryset = versions
-        template_version.label_from_instance = lambda v: f"{v.template.name} · {v.label}"  # type: ignore[method-assign,assignment]
+        newest: dict[int, TemplateVersion] = {}
+        for version in versions:
+            if version.template_id not in newest or version.number > newest[version.template_id].number:
+                newest[version.template_id] = version
+
+        def version_label(v: TemplateVersion) -> str:
+            latest = newest.get(v.template_id, v)
+            older = f" (older: {latest.label} is the latest)" if latest.number > v.number else " (latest)"
+            return f"{v.template.name} · {v.label}{older}"
+
+        template_version.label_from_instance = version_label  # type: ignore[method-assign,assignment]
         cast(CheckpointChoiceField, self.fields["checkpoints"]).queryset = checkpoints
         if not amendment:
             del self.fields["replaces_amended"]

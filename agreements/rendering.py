@@ -339,8 +339,9 @@ def signature_block_html(
     name: str | None = None,
     title: str | None = None,
     signed_at: datetime | None = None,
+    document_sha256: str = "",
 ) -> SafeBlock:
-    """Blank lines to sign on until signed; then who signed, and when in UTC."""
+    """Blank lines to sign on until signed; then who signed, when in UTC, and the document they signed."""
     blank = "______________________________"
     signed = signed_at is not None
     name_html = escape(name) if name else blank
@@ -359,7 +360,8 @@ def signature_block_html(
         f"<p>Name: {name_html}</p>"
         f"<p>Title: {title_html}</p>"
         f"<p>Date: {date_html}</p>"
-        "</div>"
+        + (f'<p class="signature-sha">Document SHA-256: <code>{escape(document_sha256)}</code></p>' if signed else "")
+        + "</div>"
     )
     if signed_at is not None:
         who = ", ".join(part for part in (name, title) if part) or "an authorised signatory"
@@ -390,7 +392,7 @@ def sample_values() -> dict[str, Value]:
 
 # --- Diffing --------------------------------------------------------------------
 
-DiffKind = Literal["equal", "replace", "insert", "delete"]
+DiffKind = Literal["equal", "replace", "insert", "delete", "skip"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,6 +452,37 @@ def render_diff(old: str, new: str) -> list[DiffRow]:
         rows.extend(DiffRow("delete", i + 1, f"<del>{escape(a[i])}</del>", None, "") for i in range(i1 + paired, i2))
         rows.extend(DiffRow("insert", None, "", j + 1, f"<ins>{escape(b[j])}</ins>") for j in range(j1 + paired, j2))
     return rows
+
+
+def diff_changed_lines(rows: list[DiffRow]) -> int:
+    """Lines that differ in what a reader sees: a blank line added or removed is not a change."""
+    return sum(
+        1 for row in rows if row.kind not in ("equal", "skip") and (_visible(row.left_html) or _visible(row.right_html))
+    )
+
+
+def _visible(line_html: str) -> bool:
+    return bool(re.sub(r"</?(?:del|ins)>", "", line_html).strip())
+
+
+def diff_collapsed(rows: list[DiffRow], context: int = 3) -> list[DiffRow]:
+    """The changes with `context` unchanged lines around each; longer unchanged runs become one
+    "skip" row saying how many lines it stands for (its left_no)."""
+    changed = [i for i, row in enumerate(rows) if row.kind != "equal"]
+    shown = {j for i in changed for j in range(i - context, i + context + 1)}
+    out: list[DiffRow] = []
+    hidden = 0
+    for i, row in enumerate(rows):
+        if i in shown:
+            if hidden:
+                out.append(DiffRow("skip", hidden, "", None, ""))
+                hidden = 0
+            out.append(row)
+        else:
+            hidden += 1
+    if hidden:
+        out.append(DiffRow("skip", hidden, "", None, ""))
+    return out
 
 
 def sha256_text(text: str) -> str:

@@ -17,6 +17,7 @@ from django.db.models import F, Prefetch, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
+from django.utils.html import escape
 
 from accounts.models import LAB_ROLES, PARTNER_ROLES, Organization, Role, User
 from accounts.permissions import require_role, role_of
@@ -132,6 +133,29 @@ def agreement_signatures(agreement: Agreement) -> list[Signature]:
     return list(agreement.signatures.select_related("signer").order_by("signed_at"))
 
 
+def agreement_document_as_signed(agreement: Agreement, signatures: list[Signature]) -> str:
+    """The frozen document with each signature block filled in: who signed, when, and the hash they signed.
+
+    The frozen bytes (and their SHA-256) never change; this is how the record is read once signed. A
+    block whose label no longer matches (an organisation renamed since) stays as it was frozen; the
+    signatures are listed beside the document all the same.
+    """
+    html = agreement.document_html
+    lab = lab_organization()
+    labels = {
+        Signature.Side.PARTNER: f"For {agreement.organization.legal_name}",
+        Signature.Side.LAB: f"For {lab.legal_name if lab else 'the Lab'}",
+    }
+    for signature in signatures:
+        label = labels[Signature.Side(signature.side)]
+        blank = rendering.signature_block_html(label).html
+        signed = rendering.signature_block_html(
+            label, signature.full_name, signature.title, signature.signed_at, signature.document_sha256
+        ).html
+        html = html.replace(blank, signed, 1)
+    return html
+
+
 def _long_date(day: date) -> str:
     return f"{day.day} {day:%B %Y}"
 
@@ -146,7 +170,8 @@ def document_values(agreement: Agreement) -> dict[str, rendering.Value]:
         "organization.name": organization.name,
         "organization.legal_name": organization.legal_name,
         "organization.jurisdiction": organization.jurisdiction,
-        "organization.address": organization.address.replace("\n", ", "),
+        # One line in the document, whatever line breaks the address was typed with (a browser sends CRLF).
+        "organization.address": ", ".join(line.strip() for line in organization.address.splitlines() if line.strip()),
         "lab.legal_name": lab_name,
         "effective_date": _long_date(agreement.effective_date),
         "term_months": str(agreement.term_months),
@@ -166,7 +191,29 @@ def agreement_render(agreement: Agreement) -> str:
     if agreement.document_html:
         return agreement.document_html
     body = rendering.render_markdown(agreement.template_version.body, document_values(agreement))
+    preamble = _amendment_preamble(agreement)
+    if preamble:  # under the document's title, where a reader starts
+        title_end = body.find("</h1>")
+        at = title_end + len("</h1>") if title_end >= 0 else 0
+        body = body[:at] + preamble + body[at:]
     return f'<article class="agreement-document">{body}</article>'
+
+
+def _amendment_preamble(agreement: Agreement) -> str:
+    """An amendment says in its signed text which agreement it amends, and whether it replaces it."""
+    amended = agreement.amends
+    if amended is None:
+        return ""
+    since = f" of {_long_date(amended.effective_date)}" if amended.effective_date else ""
+    effect = (
+        f"and replaces it: once this agreement is in force, {amended.reference} ends"
+        if agreement.replaces_amended
+        else f"and adds to it: {amended.reference} stays in force alongside this agreement"
+    )
+    return (
+        f'<p class="amendment-preamble"><strong>Amendment.</strong> This agreement amends model-sharing agreement '
+        f"{escape(amended.reference)}{escape(since)} between the same parties, {escape(effect)}.</p>"
+    )
 
 
 # render_markdown marks a placeholder whose value is blank as a highlighted "[name]".
@@ -429,6 +476,23 @@ def live_grant_list(*, organization: Organization, now: datetime | None = None) 
         .select_related("checkpoint", "agreement")
         .order_by("checkpoint__parameter_count")
     )
+
+
+def checkpoint_holders(*, checkpoint: Checkpoint, grant_ids: list[int] | None = None) -> list[User]:
+    """The active people at every organisation holding a grant of the checkpoint, to tell them of its status.
+
+    Holding: a grant not revoked and not yet ended (one starting later counts too), or, for the kill
+    switch, which revokes them first, the grants named by `grant_ids`.
+    """
+    if grant_ids is None:
+        now = timezone.now()
+        grants = AccessGrant.objects.filter(
+            checkpoint=checkpoint, revoked_at=None, ends_at__gt=now, agreement__status=Agreement.Status.ACTIVE
+        )
+    else:
+        grants = AccessGrant.objects.filter(checkpoint=checkpoint, pk__in=grant_ids)
+    organizations = grants.values("organization_id")
+    return list(User.objects.filter(membership__organization__in=organizations, is_active=True).order_by("email"))
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,12 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Max, QuerySet
+from django.urls import reverse
 from django.utils import timezone
 
-from accounts.models import PARTNER_ROLES, Organization, Role, User
+from accounts.models import PARTNER_ROLES, NotificationKind, Organization, Role, User
 from accounts.permissions import REAUTH_WINDOW, require_role, role_of
+from accounts.services import notifications_send
 from agreements import hooks, rendering
 from agreements.models import (
     AccessGrant,
@@ -131,6 +133,13 @@ def template_version_publish(*, actor: User, version: TemplateVersion) -> Templa
         data={"template": version.template.name, "version": version.number, "sha256": version.sha256},
     )
     return version
+
+
+@transaction.atomic
+def template_version_save_and_publish(*, actor: User, version: TemplateVersion, body: str) -> TemplateVersion:
+    """Publish exactly the text the editor shows: it is saved and published together, or neither."""
+    version = template_version_save(actor=actor, version=version, body=body)
+    return template_version_publish(actor=actor, version=version)
 
 
 @transaction.atomic
@@ -311,8 +320,13 @@ def agreement_update(
     return agreement
 
 
-def agreement_amend(*, actor: User, agreement: Agreement, extra_checkpoints: Sequence[Checkpoint] = ()) -> Agreement:
-    """A draft amendment prefilled from an active agreement (legal then adjusts checkpoints, quota or term)."""
+def agreement_amend(
+    *, actor: User, agreement: Agreement, extra_checkpoints: Sequence[Checkpoint] = (), purpose: str | None = None
+) -> Agreement:
+    """A draft amendment prefilled from an active agreement (legal then adjusts checkpoints, quota or term).
+
+    `purpose` replaces the agreement's when the amendment comes from an access request: the licence is
+    granted for the purpose the partner gave there."""
     require_role(actor, *AGREEMENT_MANAGERS)
     version = _latest_published(agreement.template_version.template)
     checkpoints = list(agreement.checkpoints.filter(status=Checkpoint.Status.AVAILABLE))
@@ -323,7 +337,7 @@ def agreement_amend(*, actor: User, agreement: Agreement, extra_checkpoints: Seq
         effective_date=timezone.now().date(),
         term_months=agreement.term_months,
         daily_token_quota=agreement.daily_token_quota,
-        purpose=agreement.purpose,
+        purpose=agreement.purpose if purpose is None else purpose,
     )
     return agreement_create(
         actor=actor,
@@ -344,7 +358,9 @@ def agreement_draft_for_request(*, actor: User, access_request: AccessRequest) -
         .first()
     )
     if active is not None:
-        return agreement_amend(actor=actor, agreement=active, extra_checkpoints=requested)
+        return agreement_amend(
+            actor=actor, agreement=active, extra_checkpoints=requested, purpose=access_request.purpose
+        )
     template = AgreementTemplate.objects.filter(versions__status=TemplateVersion.Status.PUBLISHED).first()
     if template is None:
         raise ValidationError("Publish an agreement template first; there is nothing to draft from.")
@@ -650,7 +666,8 @@ def agreement_remind(*, agreement: Agreement) -> bool:
         target=agreement,
         data={"reminder": agreement.reminders_sent},
     )
-    task_send_on_commit("agreements.tasks.notify_signatories", agreement.pk, "reminder")
+    # The reminder's number names it: each reminder is told once, however late its task runs.
+    task_send_on_commit("agreements.tasks.notify_signatories", agreement.pk, "reminder", agreement.reminders_sent)
     return True
 
 
@@ -848,6 +865,12 @@ def access_request_create(*, actor: User, checkpoints: list[Checkpoint], purpose
             for pk, slug in pending
             if slug in {c.slug for c in checkpoints}
         ]
+        problems += [
+            f"{c.slug} is already yours under {decision.grant.agreement.reference}."
+            for c in checkpoints
+            if (decision := access_check(organization=organization, checkpoint=c, check_quota=False)).allowed
+            and decision.grant is not None
+        ]
         if problems:
             errors["checkpoints"] = problems
     if not organization.active:
@@ -862,7 +885,30 @@ def access_request_create(*, actor: User, checkpoints: list[Checkpoint], purpose
         target=access_request,
         data={"checkpoints": [c.slug for c in checkpoints], "purpose": purpose},
     )
+    slugs = ", ".join(c.slug for c in checkpoints)
+    notifications_send(
+        users=User.objects.filter(membership__role__in=REQUEST_REVIEWERS),
+        kind=NotificationKind.ACCESS_REQUEST_RECEIVED,
+        title=f"Access request #{access_request.pk} from {organization.name}: {slugs}",
+        body=f"{actor.get_full_name()} at {organization.name} asks for access to {slugs}, to use it for: {purpose}",
+        url=reverse("access_request_detail", args=[access_request.pk]),
+        dedupe_key=f"access_request.received:{access_request.pk}",
+    )
     return access_request
+
+
+def _notify_request_decided(access_request: AccessRequest, title: str, body: str) -> None:
+    """Tell the requester and their organisation's admins what became of the request."""
+    organization = access_request.organization
+    admins = User.objects.filter(membership__organization=organization, membership__role=Role.PARTNER_ADMIN)
+    notifications_send(
+        users=[access_request.requester, *admins],
+        kind=NotificationKind.ACCESS_REQUEST_DECIDED,
+        title=title,
+        body=body,
+        url=reverse("access_request_detail", args=[access_request.pk]),
+        dedupe_key=f"access_request.decided:{access_request.pk}",
+    )
 
 
 def _lock_pending(access_request: AccessRequest) -> AccessRequest:
@@ -918,6 +964,15 @@ def access_request_approve(*, actor: User, access_request: AccessRequest) -> Acc
             "agreement": amendment.reference,
         },
     )
+    slugs = ", ".join(c.slug for c in access_request.checkpoints.order_by("parameter_count"))
+    _notify_request_decided(
+        access_request,
+        title=f"Access request #{access_request.pk} approved: {slugs}",
+        body=(
+            f"The lab approved {access_request.organization.name}'s request for {slugs}. Legal is preparing "
+            f"{amendment.reference}; access starts once your signatory signs it and the lab countersigns."
+        ),
+    )
     return access_request
 
 
@@ -933,4 +988,13 @@ def access_request_reject(*, actor: User, access_request: AccessRequest, reason:
     access_request.decision_reason = reason
     access_request.save(update_fields=["status", "decided_at", "decided_by", "decision_reason"])
     audit_append(actor=actor, action=events.ACCESS_REQUEST_REJECTED, target=access_request, data={"reason": reason})
+    slugs = ", ".join(c.slug for c in access_request.checkpoints.order_by("parameter_count"))
+    _notify_request_decided(
+        access_request,
+        title=f"Access request #{access_request.pk} rejected: {slugs}",
+        body=(
+            f"The lab rejected {access_request.organization.name}'s request for {slugs}. The lab's reason: {reason}\n"
+            "You may request access again."
+        ),
+    )
     return access_request

@@ -156,11 +156,20 @@ def template_version_detail(request: HttpRequest, pk: int) -> HttpResponse:
     form = TemplateVersionForm(_posted(request), initial={"body": version.body}) if editable else None
     if form is not None and request.method == "POST" and form.is_valid():
         try:
-            services.template_version_save(actor=request_user(request), version=version, body=form.cleaned_data["body"])
+            # Publish saves the text on screen first: what legal sees is what is published.
+            save = (
+                services.template_version_save_and_publish
+                if "publish" in request.POST
+                else services.template_version_save
+            )
+            version = save(actor=request_user(request), version=version, body=form.cleaned_data["body"])
         except ValidationError as exc:
             apply_validation_error(form, exc)
         else:
-            messages.success(request, f"Draft {version.label} saved.")
+            if version.status == TemplateVersion.Status.PUBLISHED:
+                messages.success(request, f"{version} published. Its text is now fixed; SHA-256 {version.sha256}.")
+            else:
+                messages.success(request, f"Draft {version.label} saved.")
             return redirect("template_version", pk=version.pk)
     body = _normalised(form["body"].value()) if form is not None else version.body
     # Compare with the nearest other version, the older one on the left.
@@ -231,9 +240,14 @@ def template_diff(request: HttpRequest, pk: int) -> HttpResponse:
     versions = template.versions.order_by("-number")
     form = DiffForm(request.GET or None, versions=versions)
     shown: DiffForm | None = form  # None when there are not two versions to compare yet
-    rows, left, right = [], None, None
+    rows: list[dict[str, object]] = []
+    left, right, changed = None, None, 0
+    whole = request.GET.get("context") == "all"
     if form.is_bound and form.is_valid():
         left, right = form.cleaned_data["left"], form.cleaned_data["right"]
+        diff = rendering.render_diff(left.body, right.body)
+        changed = rendering.diff_changed_lines(diff)
+        # The changes first, with a few lines around each; "Show the whole document" lists every line.
         rows = [
             {
                 "kind": row.kind,
@@ -243,8 +257,11 @@ def template_diff(request: HttpRequest, pk: int) -> HttpResponse:
                 "left_html": mark_safe(row.left_html),
                 "right_html": mark_safe(row.right_html),
             }
-            for row in rendering.render_diff(left.body, right.body)
+            for row in (diff if whole else rendering.diff_collapsed(diff))
         ]
+        first = next((row for row in rows if row["kind"] not in ("equal", "skip")), None)
+        if first is not None:
+            first["anchor"] = "change-1"
     elif not form.is_bound:
         shown = _default_diff_form(template, list(versions))
     context = {
@@ -253,7 +270,10 @@ def template_diff(request: HttpRequest, pk: int) -> HttpResponse:
         "rows": rows,
         "left": left,
         "right": right,
-        "changed": sum(1 for row in rows if row["kind"] != "equal"),
+        "changed": changed,
+        "whole": whole,
+        "whole_query": urlencode({**request.GET.dict(), "context": "all"}),
+        "collapsed_query": urlencode({k: v for k, v in request.GET.dict().items() if k != "context"}),
     }
     return render(request, "agreements/template_diff.html", context, status=400 if shown and shown.errors else 200)
 
@@ -381,14 +401,19 @@ def _render_detail(
     role = role_of(request.user)
     manager = role in selectors.AGREEMENT_MANAGERS
     signatory = role == Role.SIGNATORY
-    document_html = selectors.agreement_render(agreement)
+    signatures = selectors.agreement_signatures(agreement)
+    document_html = (
+        selectors.agreement_document_as_signed(agreement, signatures)
+        if signatures
+        else selectors.agreement_render(agreement)
+    )
     context = {
         "agreement": agreement,
         # Sanitised when rendered (and, once sent, frozen): exactly the HTML that is signed.
         "document_html": mark_safe(document_html),
         "missing_values": [] if agreement.document_html else selectors.missing_values(document_html),
         "checkpoints": sorted(agreement.checkpoints.all(), key=lambda c: c.parameter_count),
-        "signatures": selectors.agreement_signatures(agreement),
+        "signatures": signatures,
         "timeline": _timeline(agreement),
         "amendments": selectors.agreement_list(user=request_user(request)).filter(amends=agreement),
         "can_manage": manager,
@@ -667,7 +692,8 @@ def access_request_create(request: HttpRequest) -> HttpResponse:
             return redirect("access_request_detail", pk=access_request.pk)
     context = {
         "form": form,
-        "checkpoints": Checkpoint.objects.order_by("parameter_count"),
+        # Each checkpoint with what the organisation has now: one it holds or has asked for is not offered.
+        "rows": selectors.partner_checkpoint_overview(user=request_user(request)),
         "selected": {str(pk) for pk in form["checkpoints"].value() or []},
     }
     return render(request, "agreements/access_request_form.html", context, status=400 if form.errors else 200)

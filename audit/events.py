@@ -10,6 +10,7 @@ USER_ROLE_CHANGED = "user.role_changed"
 USER_DEACTIVATED = "user.deactivated"
 USER_REACTIVATED = "user.reactivated"
 USER_PASSWORD_SET = "user.password_set"
+NOTIFICATION_SETTINGS_CHANGED = "user.notification_settings_changed"
 
 
 TEMPLATE_CREATED = "template.created"

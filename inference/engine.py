@@ -29,6 +29,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from safetensors import safe_open
 from transformers import AutoTokenizer, Cache, GPT2LMHeadModel, PreTrainedTokenizerBase
+from transformers.utils import logging as transformers_logging
+
+# Loading weights draws a progress bar on stderr, which a Celery worker logs as a warning per load.
+transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers
 
 DEFAULT_CACHE_BYTES = 8 * 1024**3
 

@@ -20,6 +20,7 @@ def _between(name: Literal["max_new_tokens", "num_samples", "top_k", "seed"]) ->
 
 
 class JobForm(forms.Form):
+    PROMPT_LIMIT = LIMITS["prompt_chars"]
     checkpoint = forms.ModelChoiceField(
         # Any checkpoint is accepted here and offered only if usable: the access choke point, not the
         # form, decides, so a stale page or a crafted POST gets the refusal that names what is missing.
@@ -30,7 +31,9 @@ class JobForm(forms.Form):
     )
     prompt = forms.CharField(
         strip=False,  # leading and trailing spaces change the tokens the model sees
-        widget=forms.Textarea(attrs={"rows": 6, "maxlength": LIMITS["prompt_chars"]}),
+        # No maxlength: the browser would cut a pasted prompt without a word. The server refuses a long
+        # one next to the field, and the page counts characters as they are typed.
+        widget=forms.Textarea(attrs={"rows": 6}),
         help_text=f"Up to {intcomma(LIMITS['prompt_chars'])} characters. The model continues it.",
         error_messages={"required": "Write a prompt for the model to continue."},
     )

@@ -75,6 +75,16 @@ def job_can_cancel(*, user: User, job: GenerationJob) -> bool:
     )
 
 
+def job_submit_offered(*, user: User, checkpoint: Checkpoint | None = None) -> bool:
+    """Whether to offer `user` a new job (on `checkpoint`, or on any): a partner whose organisation may
+    use it now. A used-up daily quota still offers it (the form says when it resets); the access choke
+    point decides again at submission."""
+    if role_of(user) not in PARTNER_ROLES:
+        return False
+    rows = partner_checkpoint_overview(user=user)
+    return any(row.usable for row in rows if checkpoint is None or row.checkpoint.pk == checkpoint.pk)
+
+
 def job_dispatch_delayed(job: GenerationJob) -> bool:
     """Queued, but its message never reached the broker (it was down): the sweeper sends it again."""
     return job.status == GenerationJob.Status.QUEUED and job.last_enqueued_at is None

@@ -13,13 +13,15 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import F, Q
+from django.urls import reverse
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from accounts.models import PARTNER_ROLES, User
+from accounts.models import PARTNER_ROLES, NotificationKind, User
 from accounts.permissions import require_role
-from agreements.selectors import AccessDecision, AccessRefused, access_check
+from accounts.services import notifications_send
+from agreements.selectors import AccessDecision, AccessRefused, access_check, checkpoint_holders
 from agreements.services import access_refusal_log, grants_revoke_for_checkpoint, usage_reserve, usage_settle
 from audit import events
 from audit.services import audit_append
@@ -108,7 +110,8 @@ def validate_params(params: JobParams, checkpoint: Checkpoint) -> int:
     if prompt_tokens + params.max_new_tokens > context:
         raise ValidationError(
             {
-                "max_new_tokens": (
+                # Under the prompt: its length is what the person sees and usually what to change.
+                "prompt": (
                     f"The prompt is {prompt_tokens:,} tokens; with {params.max_new_tokens:,} new tokens that exceeds "
                     f"{checkpoint.slug}'s context of {context:,}. Shorten the prompt or ask for fewer tokens."
                 )
@@ -282,7 +285,21 @@ def job_cancel(*, actor: User, job: GenerationJob) -> GenerationJob:
     else:
         raise ValidationError(f"Job #{job.pk} already {job.get_status_display().lower()}; there is nothing to cancel.")
     audit_append(actor=actor, action=events.JOB_CANCELLED, target=job, data={"status": job.status})
+    if actor.pk != job.requester_id:  # who cancels their own job knows it already
+        when = "before it started" if job.status == GenerationJob.Status.CANCELLED else "while it ran; it stops shortly"
+        _notify_job_cancelled(job, f"{actor.get_full_name()} ({actor.email}) cancelled your job #{job.pk} {when}.")
     return job
+
+
+def _notify_job_cancelled(job: GenerationJob, body: str) -> None:
+    notifications_send(
+        users=[job.requester],
+        kind=NotificationKind.JOB_CANCELLED,
+        title=f"Job #{job.pk} on {job.checkpoint.slug} was cancelled",
+        body=body,
+        url=reverse("job_detail", args=[job.pk]),
+        dedupe_key=f"job.cancelled:{job.pk}",
+    )
 
 
 def _usage_settle(job: GenerationJob) -> None:
@@ -298,8 +315,18 @@ def _usage_settle(job: GenerationJob) -> None:
 # --- The kill switch: the highest app it touches orchestrates it ----------------------------------------
 
 
+@dataclass(frozen=True)
+class Withdrawal:
+    """What the kill switch did, for the person who pulled it."""
+
+    checkpoint: Checkpoint
+    grants_revoked: int
+    jobs_cancelled: int
+    jobs_stopping: int
+
+
 @transaction.atomic
-def checkpoint_withdraw(*, actor: User, checkpoint: Checkpoint, reason: str) -> Checkpoint:
+def checkpoint_withdraw(*, actor: User, checkpoint: Checkpoint, reason: str) -> Withdrawal:
     """Withdraw a checkpoint, revoke every grant of it and cancel its queued jobs, in one transaction.
 
     Running jobs are asked to stop (the worker checks between decoding steps); the worker's own
@@ -315,7 +342,7 @@ def checkpoint_withdraw(*, actor: User, checkpoint: Checkpoint, reason: str) -> 
     # Row by row under a lock: a job a worker claimed a moment ago is running, not queued, and is
     # asked to stop instead.
     queued = GenerationJob.objects.select_for_update().filter(checkpoint=checkpoint, status=GenerationJob.Status.QUEUED)
-    for job in queued.select_related("grant"):
+    for job in queued.select_related("grant", "requester"):
         job.status = GenerationJob.Status.CANCELLED
         job.error_code = "checkpoint_withdrawn"
         job.error_message = f"Checkpoint {checkpoint.slug} was withdrawn: {reason}"
@@ -324,10 +351,11 @@ def checkpoint_withdraw(*, actor: User, checkpoint: Checkpoint, reason: str) -> 
         job.save(update_fields=["status", "error_code", "error_message", "finished_at", "lease_expires_at"])
         _usage_settle(job)
         cancelled.append(job.pk)
+        _notify_job_cancelled(job, f"Your job #{job.pk} was cancelled before it started: {job.error_message}")
     stopping = GenerationJob.objects.filter(
         checkpoint=checkpoint, status=GenerationJob.Status.RUNNING, cancel_requested_at=None
     ).update(cancel_requested_at=now)
-    audit_append(
+    event = audit_append(
         actor=actor,
         action=events.CHECKPOINT_WITHDRAWN,
         target=checkpoint,
@@ -339,7 +367,21 @@ def checkpoint_withdraw(*, actor: User, checkpoint: Checkpoint, reason: str) -> 
             "running_jobs_asked_to_stop": stopping,
         },
     )
-    return checkpoint
+    notifications_send(
+        users=checkpoint_holders(checkpoint=checkpoint, grant_ids=revoked),
+        kind=NotificationKind.CHECKPOINT_WITHDRAWN,
+        title=f"{checkpoint.slug} was withdrawn: your access to it has ended",
+        body=(
+            f"The lab withdrew {checkpoint.display_name} ({checkpoint.slug}): {reason}\nYour organisation's "
+            "grant for it is revoked and its queued jobs on it are cancelled. Access comes back only through "
+            "a new agreement."
+        ),
+        url=reverse("checkpoint_detail", args=[checkpoint.slug]),
+        dedupe_key=f"checkpoint.withdrawn:{checkpoint.pk}:{event.seq}",
+    )
+    return Withdrawal(
+        checkpoint=checkpoint, grants_revoked=len(revoked), jobs_cancelled=len(cancelled), jobs_stopping=stopping
+    )
 
 
 # --- Worker side ---------------------------------------------------------------------------------------

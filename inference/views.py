@@ -46,7 +46,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
         "page": page,
         "query": query.urlencode(),
         "is_lab": role_of(request.user) in LAB_ROLES,
-        "can_submit": role_of(request.user) in PARTNER_ROLES,
+        "can_submit": selectors.job_submit_offered(user=request_user(request)),
         "filtered": bool(filters.is_bound and any(form.data.get(name) for name in form.fields)),
     }
     return render(request, "inference/job_list.html", context, status=400 if form.errors else 200)
@@ -137,7 +137,7 @@ def _job_context(request: HttpRequest, job: GenerationJob) -> dict[str, object]:
         "queue_position": selectors.job_queue_position(job),
         "can_cancel": selectors.job_can_cancel(user=request_user(request), job=job),
         "tokens_per_s": job.tokens_generated / generate_s if generate_s and job.tokens_generated else None,
-        "can_submit": role_of(request.user) in PARTNER_ROLES,
+        "can_submit": selectors.job_submit_offered(user=request_user(request), checkpoint=job.checkpoint),
     }
 
 
@@ -174,11 +174,19 @@ def checkpoint_status(request: HttpRequest, slug: str) -> HttpResponse:
                 registry_services.checkpoint_restore(actor=request_user(request), checkpoint=checkpoint)
                 messages.success(request, f"{checkpoint.slug} is available again.")
             else:
-                services.checkpoint_withdraw(actor=request_user(request), checkpoint=checkpoint, reason=reason)
-                done = "every grant of it is revoked and its queued jobs are cancelled"
-                messages.success(request, f"{checkpoint.slug} is withdrawn: {done}.")
+                done = services.checkpoint_withdraw(actor=request_user(request), checkpoint=checkpoint, reason=reason)
+                messages.success(
+                    request,
+                    f"{checkpoint.slug} is withdrawn: {_count(done.grants_revoked, 'grant')} revoked, "
+                    f"{_count(done.jobs_cancelled, 'queued job')} cancelled, "
+                    f"{_count(done.jobs_stopping, 'running job')} asked to stop.",
+                )
         except ValidationError as exc:
             apply_validation_error(form, exc)
         else:
             return redirect("checkpoint_detail", slug=checkpoint.slug)
     return checkpoint_detail(request, slug, status_form=form)
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n:,} {thing}{'' if n == 1 else 's'}"

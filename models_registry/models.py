@@ -39,7 +39,9 @@ class Checkpoint(models.Model):
 
     @property
     def label(self) -> str:
-        return f"{self.display_name} ({self.size_label})"
+        """How pages and emails name a checkpoint: its display name and size, with the slug that grants,
+        jobs and the API use ("GPT-2 Large (774M) · gpt2-large")."""
+        return f"{self.display_name} ({self.size_label}) · {self.slug}"
 
     @property
     def has_weights(self) -> bool:

@@ -12,6 +12,7 @@ from accounts.models import Role, User
 from accounts.permissions import require_role
 from audit import events
 from audit.services import audit_append
+from core.tasks import task_send_on_commit
 from core.validators import clean_reason
 from models_registry.models import Checkpoint
 from models_registry.weights import DEMO_SHAPES, GPT2Shape, WeightsError, WeightsInfo, inspect_checkpoint
@@ -192,7 +193,9 @@ def checkpoint_embargo(*, actor: User, checkpoint: Checkpoint, reason: str = "")
     checkpoint.status = Checkpoint.Status.EMBARGOED
     checkpoint.status_reason = reason
     checkpoint.save(update_fields=["status", "status_reason"])
-    audit_append(actor=actor, action=events.CHECKPOINT_EMBARGOED, target=checkpoint, data={"reason": reason})
+    event = audit_append(actor=actor, action=events.CHECKPOINT_EMBARGOED, target=checkpoint, data={"reason": reason})
+    # The registry cannot see who holds grants; agreements can, and tells them (by task name: it stands above).
+    task_send_on_commit("agreements.tasks.notify_checkpoint_embargoed", checkpoint.pk, event.seq)
     return checkpoint
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from accounts.models import PARTNER_ROLES, Role, User
 from accounts.permissions import role_of
+from accounts.selectors import notification_home
 from agreements.selectors import (
     REQUEST_REVIEWERS,
     access_request_review_queue,
@@ -18,6 +19,7 @@ def home_context(user: User) -> dict[str, object]:
     """Everything the role's home template reads."""
     context: dict[str, object] = {"organization": user.membership.organization}
     context.update(home_panels(user))
+    context.update(notification_home(user=user))
     context.update(agreement_home(user=user))
     context.update(job_home(user=user))
     return context

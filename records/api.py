@@ -151,7 +151,8 @@ class VerdictSerializer(serializers.Serializer):
     ok = serializers.BooleanField(help_text="True only for an untouched sealed record of ours.")
     code = serializers.CharField(
         help_text="Empty when ok; else not_pdf, unreadable, no_seal, other_key, seal_invalid, bytes_changed, "
-        "incremental_update, unknown_hash or too_large."
+        "incremental_update, unknown_hash or too_large; unsealed_export for a CSV export whose bytes are exactly "
+        "what was issued (record names it), which no seal protects."
     )
     reason = serializers.CharField(help_text="What it is, or why it is not one of ours.")
     record = VerifiedRecordSerializer(allow_null=True, help_text="The record it matches, when recognised.")

@@ -18,7 +18,7 @@ from django.http import Http404
 from accounts.models import LAB_ROLES, Organization, Role, User
 from accounts.permissions import require_role, role_of
 from agreements.models import AccessGrant, Agreement, Signature
-from agreements.selectors import agreement_get
+from agreements.selectors import agreement_document_as_signed, agreement_get, agreement_signatures
 from audit.models import GENESIS_HASH, AuditEvent, ChainHead
 from core.filters import created_within
 from inference.models import GenerationJob, Sample
@@ -189,6 +189,7 @@ def agreement_record_data(agreement_pk: int) -> dict[str, Any]:
     return {
         "certificate": agreement_certificate(agreement),
         "agreement": agreement,
+        "document_html": agreement_document_as_signed(agreement, agreement_signatures(agreement)),
         "events": events,
         "chain_head_seq": head.seq if head else 0,
         "chain_head_hash": head.hash if head else GENESIS_HASH,
@@ -353,7 +354,8 @@ class VerifyResult:
     """The verdict on an uploaded file: an untouched sealed record of ours, or not and why.
 
     `code` is empty when ok; otherwise too_large, not_pdf, unreadable, no_seal, other_key,
-    seal_invalid, bytes_changed, incremental_update or unknown_hash.
+    seal_invalid, bytes_changed, incremental_update or unknown_hash; or unsealed_export for a CSV
+    export whose bytes are exactly what we issued (`record` names it): ours, but nothing seals it.
     """
 
     ok: bool
@@ -394,18 +396,20 @@ def record_verify(file_bytes: bytes) -> VerifyResult:
             record = SealedRecord.objects.filter(
                 sha256=digest, kind=SealedRecord.Kind.AUDIT_LOG_CSV, status=SealedRecord.Status.READY
             ).first()
-        reason = check.message
+        reason, code = check.message, check.code
         if record is not None:
-            reason += (
-                f" Its SHA-256 does match {record.subject} #{record.pk} exported "
-                f"{record.sealed_at:%Y-%m-%d %H:%M} UTC, but a CSV carries no seal: only a sealed PDF proves itself."
+            code = "unsealed_export"
+            reason = (
+                f"These are exactly the bytes of {record.subject} #{record.pk}, exported "
+                f"{record.sealed_at:%Y-%m-%d %H:%M} UTC (its SHA-256 is on record). A CSV carries no seal, so "
+                "this proves only that the file is unchanged since we issued it; the sealed PDF export proves itself."
             )
         return VerifyResult(
             ok=False,
             reason=reason,
             record=record,
             sealed_at=check.signed_at,
-            code=check.code,
+            code=code,
             sha256=digest,
             cert_sha256=check.cert_sha256,
         )

@@ -69,13 +69,12 @@
   document.body.addEventListener("htmx:afterSwap", function (event) {
     if (event.detail.target && event.detail.target.id === "preview") follow();
   });
-  // Publishing freezes the saved text, so it waits until the edits on screen are saved.
-  // After a refused save the text on screen is not what is stored, whatever is typed next.
+  // "Unsaved changes" while the text on screen differs from the stored draft. (Publishing always
+  // saves the text on screen first: what legal sees is what is published.) After a refused save the
+  // text on screen is not what is stored, whatever is typed next.
   var saved = area.hasAttribute("data-unsaved-on-load") ? null : area.value;
-  var needsSave = document.querySelectorAll("[data-needs-save]");
   area.addEventListener("input", function () {
     var dirty = area.value !== saved;
-    needsSave.forEach(function (el) { el.disabled = dirty; el.title = dirty ? "Save the draft first" : ""; });
     document.querySelectorAll("[data-unsaved]").forEach(function (el) { el.hidden = !dirty; });
   });
 })();

@@ -12,9 +12,10 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management import call_command
 from django.utils import timezone
 
-from agreements import services
+from agreements import selectors, services
 from agreements.models import AccessGrant, Agreement, Signature, TemplateVersion
 from agreements.rendering import sha256_text
+from agreements.tasks import notify_signatories
 from audit.models import AuditEvent
 from audit.selectors import audit_chain_verify
 from models_registry.models import Checkpoint
@@ -157,6 +158,42 @@ def test_a_document_with_blank_values_is_not_sent(legal, partner_a, draft):
         services.agreement_send(actor=legal, agreement=draft)
     draft.refresh_from_db()
     assert draft.status == Agreement.Status.DRAFT and not draft.document_html
+
+
+def test_an_address_typed_on_several_lines_reads_as_one_line_in_the_document(legal, partner_a, draft):
+    # A browser's textarea sends CRLF line breaks.
+    partner_a.address = "1 Example Street\r\nCambridge CB1 1AA\r\n\r\nUnited Kingdom\r\n"
+    partner_a.save()
+    sent = services.agreement_send(actor=legal, agreement=draft)
+    assert "registered address is 1 Example Street, Cambridge CB1 1AA, United Kingdom (the" in sent.document_html
+
+
+def test_an_email_queued_before_the_agreement_moved_on_is_not_sent(legal, signer_a, sent):
+    sign(signer_a, sent)
+    sent.refresh_from_db()
+    sign(legal, sent)
+    mail.outbox.clear()
+    # "Please sign" queued at send time, delivered after both signatures: it would mislead.
+    assert notify_signatories(sent.pk, "sent") == 0
+    assert notify_signatories(sent.pk, "reminder") == 0
+    assert notify_signatories(sent.pk, "voided") == 0
+    assert mail.outbox == []
+    assert notify_signatories(sent.pk, "activated") == 1
+    assert "is active" in mail.outbox[0].subject
+
+
+def test_the_signed_document_shows_who_signed_when_and_the_hash_signed(legal, signer_a, sent):
+    blank = selectors.agreement_document_as_signed(sent, [])
+    assert blank == sent.document_html and "Signed electronically" not in blank
+    sign(signer_a, sent)
+    sent.refresh_from_db()
+    sign(legal, sent)
+    sent.refresh_from_db()
+    shown = selectors.agreement_document_as_signed(sent, selectors.agreement_signatures(sent))
+    assert shown.count("Signed electronically by") == 2 and "signature-unsigned" not in shown
+    assert "Signed electronically by Sofia Signer" in shown and "Signed electronically by Lena Legal" in shown
+    assert shown.count(f"Document SHA-256: <code>{sent.document_sha256}</code>") == 2
+    assert sha256_text(sent.document_html) == sent.document_sha256  # the frozen bytes are untouched
 
 
 def test_the_frozen_document_does_not_follow_later_changes(legal, partner_a, sent):

@@ -375,6 +375,26 @@ def test_retired_versions_are_not_offered_for_new_agreements(client, legal, part
     assert not Agreement.objects.exists()
 
 
+def test_a_diff_shows_the_changes_first_and_counts_only_lines_with_text(client, legal):
+    clauses = "".join(f"**{n}.** Clause {n} of the agreement.\n\n" for n in range(1, 61))
+    v1 = services.template_version_publish(
+        actor=legal, version=services.template_create(actor=legal, name="Long", body=f"# Long\n\n{clauses}")
+    )
+    v2 = services.template_version_new_draft(actor=legal, template=v1.template)
+    changed = v1.body.replace("Clause 50 of", "Clause fifty of") + "\n\n\nA closing line.\n"
+    services.template_version_save(actor=legal, version=v2, body=changed)
+    client.force_login(legal)
+    url = reverse("template_diff", args=[v1.template.pk])
+    html = text_of(client.get(url, {"left": v1.pk, "right": v2.pk}))
+    assert "2 changed lines" in html  # the edited clause and the closing line; added blank lines do not count
+    assert html.index("Clause 49 of") < html.index('id="change-1"') < html.index("Clause 51 of")  # some context
+    assert "Clause 10 of" not in html and "Clause 45 of" not in html  # far from any change: folded away
+    assert re.search(r"⋯ \d+ unchanged lines ⋯", html)
+    assert '<a href="#change-1">Jump to the first change</a>' in html
+    whole = text_of(client.get(url, {"left": v1.pk, "right": v2.pk, "context": "all"}))
+    assert "Clause 10 of" in whole and "unchanged lines ⋯" not in whole and "Show only the changes" in whole
+
+
 def test_two_versions_diff_side_by_side(client, legal, published_version):
     draft = services.template_version_new_draft(actor=legal, template=published_version.template)
     services.template_version_save(
@@ -383,7 +403,7 @@ def test_two_versions_diff_side_by_side(client, legal, published_version):
     client.force_login(legal)
     url = reverse("template_diff", args=[published_version.template.pk])
     html = text_of(client.get(url, {"left": published_version.pk, "right": draft.pk}))
-    assert '<tr class="diff-replace">' in html and '<tr class="diff-insert">' in html
+    assert '<tr class="diff-replace" id="change-1">' in html and '<tr class="diff-insert">' in html
     assert "<del>non-</del>" in html
     assert "<ins>A new closing line.</ins>" in html
     # Each version's page links to the comparison with the older version on the left.
@@ -428,6 +448,17 @@ def test_the_agreement_form_lists_checkpoints_with_size_and_status(client, legal
     assert "GPT-2 Medium" in page and "355M parameters" in page
     assert "embargoed" in page
     assert 'type="date"' in page
+
+
+def test_an_older_published_version_is_marked_older_in_the_agreement_form(client, legal, published_version):
+    v2 = services.template_version_new_draft(actor=legal, template=published_version.template)
+    services.template_version_save(actor=legal, version=v2, body=published_version.body + "\nA new clause.\n")
+    services.template_version_publish(actor=legal, version=v2)
+    client.force_login(legal)
+    page = text_of(client.get(reverse("agreement_create")))
+    name = published_version.template.name
+    assert f"{name} · v1 (older: v2 is the latest)</option>" in page
+    assert f"{name} · v2 (latest)</option>" in page
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,7 @@ def test_the_service_checks_the_context_length_the_serializer_cannot_know(api, r
         "/api/v1/jobs/", job_body(prompt="word " * 700, max_new_tokens=512), format="json"
     )
     assert response.status_code == 400
-    assert "context" in error_of(response)["details"]["max_new_tokens"][0]
+    assert "context" in error_of(response)["details"]["prompt"][0]  # with the prompt, as on the job page
 
 
 def test_an_unknown_checkpoint_is_named(api, researcher_a, active, gpt2):

@@ -136,9 +136,11 @@ def test_legal_drafts_publishes_sends_and_both_sides_sign(
 
     page.get_by_role("button", name="Create template (draft v1)").click()
     expect(page.locator(".messages")).to_contain_text("created with draft v1")
-    expect(page.get_by_role("button", name="Publish v1")).to_be_enabled()
+    expect(page.get_by_role("button", name="Save and publish v1")).to_be_enabled()
     screenshot(page, "agreements-03b-draft-saved")
-    page.get_by_role("button", name="Publish v1").click()
+    page.once("dialog", lambda dialog: dialog.accept())  # "Publish v1? ... it can never change."
+    page.get_by_role("button", name="Save and publish v1").click()
+    expect(page.get_by_test_id("version-sha256")).to_be_visible()
     version = TemplateVersion.objects.get(template__name="GPT-2 Model Sharing Agreement")
     assert version.status == TemplateVersion.Status.PUBLISHED
     assert "Questions go to {{ lab.legal_name }}." in version.body
@@ -150,7 +152,7 @@ def test_legal_drafts_publishes_sends_and_both_sides_sign(
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Agreements").click()
     page.get_by_role("link", name="New agreement").click()
     page.get_by_label("Organisation").select_option(label="Partner A")
-    page.get_by_label("Template version").select_option(label="GPT-2 Model Sharing Agreement · v1")
+    page.get_by_label("Template version").select_option(label="GPT-2 Model Sharing Agreement · v1 (latest)")
     page.get_by_label(re.compile("GPT-2 Small")).check()
     page.get_by_label(re.compile("GPT-2 Medium")).check()
     page.get_by_label("Daily token quota").fill("40,000")
@@ -260,8 +262,10 @@ def test_versions_diff_lists_and_decline_pages_work_on_desktop_and_phone(
     expect(page.locator("tr.diff-replace del")).to_have_text("non-")
     expect(page.locator("tr.diff-insert ins", has_text="Governed")).to_have_text("Governed by English law.")
     screenshot(page, "agreements-22-diff")
-    page.get_by_label("Show only the changed lines").check()
-    expect(page.locator("tr.diff-equal").first).to_be_hidden()
+    page.get_by_role("link", name="Jump to the first change").click()
+    expect(page).to_have_url(re.compile(r"#change-1$"))
+    page.get_by_role("link", name="Show the whole document").click()
+    expect(page.get_by_role("link", name="Show only the changes")).to_be_visible()
     page.set_viewport_size(PHONE)
     fits_width(page, PHONE["width"])
     screenshot(page, "agreements-23-diff-phone")
@@ -292,3 +296,43 @@ def test_versions_diff_lists_and_decline_pages_work_on_desktop_and_phone(
     expect(second_page.locator(".page-head .badge")).to_have_text("Declined")
     fits_width(second_page, PHONE["width"])
     screenshot(second_page, "agreements-28-declined-phone")
+
+
+def test_publishing_publishes_the_text_on_screen_after_asking_and_retiring_asks_first(page, live_server, legal):
+    v1 = services.template_version_publish(
+        actor=legal,
+        version=services.template_create(actor=legal, name="Short agreement", body="# Short\n\nFor {{ purpose }}.\n"),
+    )
+    draft = services.template_version_new_draft(actor=legal, template=v1.template)
+    login(page, live_server, legal.email)
+    page.goto(f"{live_server.url}/templates/versions/{draft.pk}/")
+    source = page.get_by_label("Agreement text (Markdown)")
+    source.press("Control+End")
+    source.press_sequentially("\nGoverned by English law.\n")
+    expect(page.get_by_text("Unsaved changes.")).to_be_visible()
+
+    # The sticky Save bar never covers the text box, so the line being typed stays in sight.
+    box, bar = source.bounding_box(), page.locator(".sticky-actions").bounding_box()
+    assert box and bar and box["y"] + box["height"] <= bar["y"], (box, bar)
+    screenshot(page, "agreements-30-editor-unsaved")
+
+    page.once("dialog", lambda dialog: dialog.dismiss())  # changed their mind: nothing happens
+    page.get_by_role("button", name="Save and publish v2").click()
+    expect(page.get_by_text("Unsaved changes.")).to_be_visible()
+    draft.refresh_from_db()
+    assert draft.status == TemplateVersion.Status.DRAFT and "English law" not in draft.body
+
+    questions = []
+    page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.accept()))
+    page.get_by_role("button", name="Save and publish v2").click()
+    expect(page.get_by_test_id("version-sha256")).to_be_visible()
+    assert "Publish v2?" in questions[0] and "never change" in questions[0]
+    draft.refresh_from_db()
+    assert draft.status == TemplateVersion.Status.PUBLISHED and "Governed by English law." in draft.body
+    expect(page.get_by_test_id("version-sha256")).to_have_text(draft.sha256)
+
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Retire v2").click()
+    expect(page.get_by_role("button", name="Retire v2")).to_be_visible()
+    draft.refresh_from_db()
+    assert draft.status == TemplateVersion.Status.PUBLISHED, "a dismissed confirmation retires nothing"

@@ -232,3 +232,21 @@ def test_a_job_over_the_daily_quota_is_refused_in_the_browser_with_the_reason(
     expect(page.get_by_label("Prompt")).to_have_value("Quota check")  # nothing typed is lost
     assert not GenerationJob.objects.exists()
     screenshot(page, "job-new-quota-refused-researcher_a")
+
+
+def test_a_pasted_prompt_over_the_limit_is_kept_whole_and_refused_next_to_the_prompt(
+    page: Page, live_server, researcher_a, active, gpt2
+):
+    login(page, live_server, researcher_a.email)
+    page.goto(f"{live_server.url}/jobs/new/")
+    pasted = "The partner studies synthetic news. " * 139  # 5,004 characters
+    page.get_by_label("Prompt").fill(pasted)
+    expect(page.get_by_label("Prompt")).to_have_value(pasted)  # the browser cut nothing
+    expect(page.locator(".char-count")).to_have_class(re.compile(r"\bover\b"))
+    page.get_by_role("button", name="Queue job").click()
+
+    prompt_field = page.locator(".field.has-error").filter(has=page.get_by_label("Prompt"))
+    expect(prompt_field).to_contain_text("The prompt is 5,004 characters; the limit is 4,000.")
+    expect(page.get_by_label("Prompt")).to_have_value(pasted)  # nothing typed is lost
+    assert not GenerationJob.objects.exists()
+    screenshot(page, "job-new-prompt-too-long-researcher_a")

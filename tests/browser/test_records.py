@@ -3,6 +3,7 @@ verification page confirms it; an export in progress updates itself until its do
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from datetime import timedelta
@@ -104,6 +105,19 @@ def test_the_auditor_filters_the_audit_log_by_days_and_is_told_when_the_range_is
     expect(rows.first).to_contain_text("agreement.countersigned")
     expect(rows.first).to_contain_text("legal@lab.example")
     assert f"created_after={today.isoformat()}" in page.url
+    # An event opens on its data as JSON and its whole hash, which copies in one click.
+    rows.first.get_by_text("data & hash").click()
+    data = json.loads(rows.first.locator("pre.json").inner_text())
+    assert data["side"] == "lab"
+    event_hash = rows.first.locator("code[id^=hash-]")
+    assert re.fullmatch(r"[0-9a-f]{64}", event_hash.inner_text())
+    box = event_hash.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= page.viewport_size["width"], "the hash runs off the page"
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    copy = rows.first.locator(f"button[data-copy={event_hash.get_attribute('id')}]")
+    copy.click()
+    expect(copy).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == event_hash.inner_text()
     screenshot(page, "audit-log-filtered")
 
     page.locator("#id_created_before").fill((today - timedelta(days=1)).isoformat())

@@ -207,3 +207,10 @@ def test_the_cache_evicts_the_least_recently_used_model(checkpoints: list[Path])
 
     lru.clear()
     assert lru.cached_keys() == [] and lru.total_bytes == 0
+
+
+def test_loading_a_checkpoint_writes_no_progress_bar(folder: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # A worker logs whatever reaches stderr as a warning: a bar per model load filled its log.
+    capfd.readouterr()
+    run(folder, ModelCache(), GenerationRequest("job", "The Partner may", GREEDY))
+    assert "Loading weights" not in capfd.readouterr().err

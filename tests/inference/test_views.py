@@ -66,7 +66,9 @@ def test_the_form_offers_only_checkpoints_the_organisation_may_use_now(client, r
     options = re.findall(r'<option value="([^"]+)"', text(response))
     assert options == ["gpt2", "gpt2-medium"]  # the agreement grants these two; large and xl are not offered
     assert "No active agreement grants gpt2-large" in text(response)
-    assert 'maxlength="4000"' in text(response) and 'id="prompt-count"' in text(response)
+    # The limit is counted on the page and enforced by the server; a maxlength would cut a pasted prompt silently.
+    assert "maxlength" not in text(response) and 'id="prompt-count"' in text(response)
+    assert "/ 4,000</span>" in text(response)
 
 
 def test_partner_a_submits_a_job_and_lands_on_its_page(client, researcher_a, active, gpt2):
@@ -184,13 +186,13 @@ def test_each_bad_input_is_answered_next_to_its_field(client, researcher_a, acti
     assert not GenerationJob.objects.exists()
 
 
-def test_the_services_context_check_is_shown_on_the_max_new_tokens_field(client, researcher_a, active, gpt2):
+def test_the_services_context_check_is_shown_under_the_prompt(client, researcher_a, active, gpt2):
     # Characters the demo tokenizer never saw cost a token per byte: this prompt is over 1,000 tokens.
     long_prompt = "".join(chr(0x4E00 + n) for n in range(400))
     client.force_login(researcher_a)
     response = client.post(reverse("job_create"), form(prompt=long_prompt, max_new_tokens="512"))
     assert response.status_code == 400
-    assert "exceeds gpt2's context of 1,024" in " ".join(response.context["form"].errors["max_new_tokens"])
+    assert "exceeds gpt2's context of 1,024" in " ".join(response.context["form"].errors["prompt"])
     assert "exceeds gpt2&#x27;s context of 1,024" in text(response)
     assert not GenerationJob.objects.exists()
 
@@ -444,6 +446,29 @@ def test_the_partner_home_lists_recent_jobs_and_offers_a_new_one(client, researc
     body = text(client.get(reverse("home")))
     assert f"Job #{job.pk}" not in body and "New job" not in body
     assert "Once access is granted you can queue sample-generation jobs" in body
+
+
+def test_new_jobs_are_offered_only_to_an_organisation_that_may_run_them(
+    client, researcher_a, researcher_b, active, gpt2
+):
+    client.force_login(researcher_b)  # Partner B has no agreement
+    body = text(client.get(reverse("job_list")))
+    assert "New job" not in body and "Queue the first one" not in body
+    assert f'<a href="{reverse("access_request_create")}">request access</a>' in body
+
+    client.force_login(researcher_a)
+    body = text(client.get(reverse("job_list")))
+    assert f'href="{reverse("job_create")}">New job</a>' in body and "Queue the first one" in body
+
+
+def test_run_again_is_not_offered_once_the_checkpoint_is_withdrawn(client, researcher_a, lab_admin, active, gpt2):
+    job = submit(researcher_a, gpt2)
+    client.force_login(researcher_a)
+    assert "Run again" in text(client.get(reverse("job_detail", args=[job.pk])))
+    services.checkpoint_withdraw(actor=lab_admin, checkpoint=gpt2, reason="Memorised personal data found.")
+    job.refresh_from_db()
+    body = text(client.get(reverse("job_detail", args=[job.pk])))
+    assert job.status == "cancelled" and "Run again" not in body
 
 
 # --- The broker is down ---------------------------------------------------------------------------

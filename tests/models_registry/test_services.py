@@ -100,6 +100,24 @@ def test_an_embargo_pauses_access_and_a_restore_brings_it_back(lab_admin, partne
     assert actions[-2:] == [events.CHECKPOINT_EMBARGOED, events.CHECKPOINT_RESTORED]
 
 
+def test_a_kill_switch_that_fails_half_way_changes_nothing(
+    lab_admin, researcher_a, partner_a, checkpoints, make_agreement, monkeypatch
+):
+    grant = make_agreement(partner_a, ["gpt2"]).grants.get()
+    queued = make_job(grant, researcher_a)
+
+    def broken_audit(**kwargs):
+        raise RuntimeError("the audit chain could not be written")
+
+    monkeypatch.setattr(jobs, "audit_append", broken_audit)  # its last write, after grants and jobs
+    with pytest.raises(RuntimeError):
+        jobs.checkpoint_withdraw(actor=lab_admin, checkpoint=checkpoints["gpt2"], reason="memorised personal data")
+    grant.refresh_from_db()
+    queued.refresh_from_db()
+    assert Checkpoint.objects.get(slug="gpt2").status == Checkpoint.Status.AVAILABLE
+    assert grant.revoked_at is None and queued.status == GenerationJob.Status.QUEUED
+
+
 def test_status_changes_that_make_no_sense_are_refused(lab_admin, checkpoints):
     with pytest.raises(ValidationError, match="gpt2 is already available"):
         services.checkpoint_restore(actor=lab_admin, checkpoint=checkpoints["gpt2"])

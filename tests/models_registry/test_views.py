@@ -106,6 +106,40 @@ def test_the_kill_switch_needs_a_reason_next_to_the_field(client, lab_admin, par
     assert "revoked" in html and "Memorised personal data found." in html
 
 
+def test_the_kill_switch_says_what_it_did_in_a_success_message(
+    client, lab_admin, researcher_a, partner_a, registered, make_agreement
+):
+    grant = make_agreement(partner_a, ["gpt2-xl"]).grants.get()
+    make_job(grant, researcher_a)
+    client.force_login(lab_admin)
+    response = client.post(
+        reverse("checkpoint_status", args=["gpt2-xl"]),
+        {"action": "withdraw", "reason": "Under investigation."},
+        follow=True,
+    )
+    html = response.content.decode()
+    assert (
+        '<li class="success">gpt2-xl is withdrawn: 1 grant revoked, 1 queued job cancelled, '
+        "0 running jobs asked to stop." in html
+    )
+    # The page's standing notice about the status is not an error, and a reason typed with its full stop keeps one.
+    assert 'class="notice bad" role="status"' in html and "form-errors" not in html
+    assert "is withdrawn: Under investigation. Its grants" in html
+    assert ".." not in html.replace("...", "")
+
+
+def test_grants_of_an_embargoed_checkpoint_read_paused_not_live(
+    client, lab_admin, partner_a, registered, make_agreement
+):
+    make_agreement(partner_a, ["gpt2-xl"])
+    client.force_login(lab_admin)
+    client.post(reverse("checkpoint_status", args=["gpt2-xl"]), {"action": "embargo", "reason": "Red-team review."})
+    html = page(client, lab_admin, reverse("checkpoint_detail", args=["gpt2-xl"]))
+    assert '<span class="badge warn">paused</span>' in html and '<span class="badge ok">live</span>' not in html
+    assert 'class="notice warning" role="status"' in html
+    assert "is embargoed: Red-team review. Nobody" in html
+
+
 def test_an_unknown_status_action_is_a_message_not_a_crash(client, lab_admin, registered):
     client.force_login(lab_admin)
     response = client.post(reverse("checkpoint_status", args=["gpt2"]), {"action": "explode"})
@@ -134,7 +168,7 @@ def test_a_partner_sees_what_it_can_use_until_when_with_todays_quota(
     assert html.count("available to you") == 2
     assert "48,500" in html and "of 50,000" in html
     assert f"{grant.ends_at:%-d %b %Y}" in html and agreement.reference in html
-    assert "No active agreement grants gpt2-large<" in html
+    assert "No active agreement grants gpt2-large.<" in html
     assert f"{reverse('access_request_create')}?checkpoint=gpt2-large" in html
     assert "SHA-256" not in html, "partners see access, not the lab's registry details"
 
@@ -171,6 +205,24 @@ def test_a_researcher_requests_access_through_the_form(client, researcher_a, che
     assert response["Location"] == reverse("access_request_detail", args=[access_request.pk])
     html = page(client, researcher_a, response["Location"])
     assert "GPT-2 Large (774M)" in html and PURPOSE in html and "Withdraw this request" in html
+
+
+def test_the_request_form_does_not_offer_what_the_organisation_already_holds(
+    client, researcher_a, partner_a, checkpoints, make_agreement
+):
+    agreement = make_agreement(partner_a, ["gpt2"])
+    html = page(client, researcher_a, reverse("access_request_create") + "?checkpoint=gpt2")
+    assert f'value="{checkpoints["gpt2"].pk}" disabled>' in html
+    assert f'yours</span> <small class="muted">under {agreement.reference}' in html
+    assert f'value="{checkpoints["gpt2-large"].pk}">' in html  # still offered
+    response = client.post(
+        reverse("access_request_create"), {"checkpoints": [checkpoints["gpt2"].pk], "purpose": PURPOSE}
+    )
+    assert response.status_code == 400
+    assert f"gpt2 is already yours under {agreement.reference}." in response.content.decode()
+    assert not AccessRequest.objects.exists()
+    html = page(client, researcher_a, reverse("access_request_create"))
+    assert "GPT-2 Small" in html
 
 
 @pytest.mark.parametrize(
@@ -306,6 +358,22 @@ def test_approving_opens_the_prefilled_draft_amendment(client, legal, partner_a,
     assert pending.status == AccessRequest.Status.APPROVED
     assert pending.amendment.amends == active
     assert response["Location"] == reverse("agreement_detail", args=[pending.amendment.pk])
+
+
+def test_an_amendment_from_a_request_is_for_the_requested_purpose_and_names_what_it_amends(
+    client, legal, partner_a, signer_a, pending, make_agreement
+):
+    active = make_agreement(partner_a, ["gpt2"])
+    assert pending.purpose != active.purpose
+    client.force_login(legal)
+    client.post(reverse("access_request_approve", args=[pending.pk]))
+    pending.refresh_from_db()
+    amendment = pending.amendment
+    assert amendment.purpose == pending.purpose  # the request form says it becomes the agreement's purpose
+    sent = access.agreement_send(actor=legal, agreement=amendment)
+    assert f"This agreement amends model-sharing agreement {active.reference} of " in sent.document_html
+    assert f"replaces it: once this agreement is in force, {active.reference} ends." in sent.document_html
+    assert pending.purpose in sent.document_html
 
 
 def test_approving_a_request_for_a_since_embargoed_checkpoint_says_why_not(

@@ -85,9 +85,12 @@ def test_the_certificate_carries_every_field(completed, sealed):
         expected.append(f"{grant.checkpoint.slug} {grant.starts_at:%Y-%m-%d %H:%M} {grant.ends_at:%Y-%m-%d %H:%M}")
     missing = [item for item in expected if item not in text]
     assert not missing, f"not on the certificate: {missing}"
-    # The signed document itself comes first, exactly as frozen.
+    # The signed document itself comes first, exactly as frozen, its signature blocks filled in.
     assert text.index("The signed document") < text.index("Certificate of completion")
     assert "GPT-2 Model Sharing Agreement" in text
+    document = text[text.index("The signed document") : text.index("Certificate of completion")]
+    assert "Signed electronically by Sofia Signer" in document and "Signed electronically by Lena Legal" in document
+    assert "Signature: ____" not in document
 
 
 def test_the_embedded_events_match_the_database_and_rehash(completed, sealed):

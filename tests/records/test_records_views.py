@@ -218,6 +218,22 @@ def test_the_audit_log_csv_holds_what_the_audit_page_lists(
     assert len(everything) >= len(rows) + 5
 
 
+def test_a_genuine_csv_export_is_recognised_on_the_verify_page_not_called_unverified(
+    client, django_capture_on_commit_callbacks, auditor, active
+):
+    client.force_login(auditor)
+    record = export(client, django_capture_on_commit_callbacks, reverse("record_export_audit_log"), {"format": "csv"})
+    data = record_file_bytes(record)
+    upload = SimpleUploadedFile("audit-log.csv", data, content_type="text/csv")
+    html = client.post(reverse("record_verify"), {"file": upload}).content.decode()
+    assert "Unchanged export" in html and "Issued by ModelPact, not sealed" in html
+    assert f"#{record.pk}" in html and "Not verified" not in html and "verdict-warn" in html
+
+    changed = SimpleUploadedFile("audit-log.csv", data + b"1,forged\n", content_type="text/csv")
+    html = client.post(reverse("record_verify"), {"file": changed}).content.decode()
+    assert "Not verified" in html and "Unchanged export" not in html
+
+
 def audit_page(client, query: dict):
     return client.get(reverse("audit_event_list"), query).context["page"].paginator.object_list
 
