@@ -195,6 +195,7 @@ class NotificationKind(models.TextChoices):
     ACCESS_REQUEST_DECIDED = "access_request_decided", "Your organisation's access request is approved or rejected"
     CHECKPOINT_EMBARGOED = "checkpoint_embargoed", "A checkpoint your organisation holds is embargoed"
     JOB_CANCELLED = "job_cancelled", "Your generation job is cancelled by someone else or by the lab"
+    WEBHOOK_FAILING = "webhook_failing", "A webhook endpoint you manage is failing or was disabled"
 
 
 # Essential notices ask the person to act (sign, countersign) or tell them that access has ended; nobody
@@ -205,6 +206,7 @@ ESSENTIAL_KINDS = frozenset(
         NotificationKind.AGREEMENT_TO_COUNTERSIGN,
         NotificationKind.AGREEMENT_ENDED,
         NotificationKind.CHECKPOINT_WITHDRAWN,
+        NotificationKind.WEBHOOK_FAILING,
     }
 )
 
@@ -220,6 +222,7 @@ KIND_AUDIENCE: dict[str, tuple[str, ...]] = {
     NotificationKind.ACCESS_REQUEST_DECIDED: PARTNER_ROLES,
     NotificationKind.CHECKPOINT_EMBARGOED: PARTNER_ROLES,
     NotificationKind.JOB_CANCELLED: PARTNER_ROLES,
+    NotificationKind.WEBHOOK_FAILING: (Role.LAB_ADMIN, Role.PARTNER_ADMIN),
 }
 
 

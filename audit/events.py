@@ -65,3 +65,12 @@ API_TOKEN_REVOKED = "api_token.revoked"
 def all_actions() -> list[str]:
     """Every action constant defined in this module, for filters and validation."""
     return sorted(value for name, value in globals().items() if name.isupper() and isinstance(value, str))
+
+
+WEBHOOK_ENDPOINT_CREATED = "webhook.endpoint_created"
+WEBHOOK_ENDPOINT_ENABLED = "webhook.endpoint_enabled"
+WEBHOOK_ENDPOINT_DELETED = "webhook.endpoint_deleted"
+WEBHOOK_SECRET_ROTATED = "webhook.secret_rotated"
+WEBHOOK_ENDPOINT_FAILING = "webhook.endpoint_failing"
+WEBHOOK_ENDPOINT_DISABLED = "webhook.endpoint_disabled"
+WEBHOOK_DELIVERY_RESENT = "webhook.delivery_resent"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import connection, models, transaction
 from django.utils import timezone
 
+from audit.hooks import event_appended
 from audit.middleware import current_ip
 from audit.models import GENESIS_HASH, AuditEvent, ChainHead
 
@@ -71,6 +72,8 @@ def audit_append(
         )
         event.hash = event.compute_hash()
         event.save()
+        # Subscribers write in this same transaction: a change that rolls back leaves nothing behind.
+        event_appended(event)
     return event
 
 

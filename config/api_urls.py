@@ -14,6 +14,13 @@ from agreements.api import (
 from core.api import not_found
 from inference.api import JobCancelApi, JobDetailApi, JobListCreateApi
 from records.api import AgreementPdfApi, AuditEventListApi, AuditVerifyApi, RecordVerifyApi
+from webhooks.api import (
+    DeliveryResendApi,
+    WebhookDeliveryListApi,
+    WebhookDetailApi,
+    WebhookListCreateApi,
+    WebhookRotateSecretApi,
+)
 
 app_name = "api"
 
@@ -31,6 +38,11 @@ v1 = [
     path("audit/events/", AuditEventListApi.as_view(), name="audit-event-list"),
     path("audit/verify/", AuditVerifyApi.as_view(), name="audit-verify"),
     path("records/verify/", RecordVerifyApi.as_view(), name="record-verify"),
+    path("webhooks/", WebhookListCreateApi.as_view(), name="webhook-list"),
+    path("webhooks/<int:pk>/", WebhookDetailApi.as_view(), name="webhook-detail"),
+    path("webhooks/<int:pk>/rotate-secret/", WebhookRotateSecretApi.as_view(), name="webhook-rotate-secret"),
+    path("webhooks/<int:pk>/deliveries/", WebhookDeliveryListApi.as_view(), name="webhook-delivery-list"),
+    path("webhook-deliveries/<int:pk>/resend/", DeliveryResendApi.as_view(), name="webhook-delivery-resend"),
 ]
 
 urlpatterns = [

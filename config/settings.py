@@ -81,6 +81,7 @@ INSTALLED_APPS = [
     "inference",
     "records",
     "portal",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -365,6 +366,17 @@ if "visibility_timeout" in CELERY_BROKER_TRANSPORT_OPTIONS:
 INFERENCE_SWEEP_SECONDS = env_float("INFERENCE_SWEEP_SECONDS", 30.0, minimum=1)
 
 
+# --- Webhooks -------------------------------------------------------------
+# Receivers must be public addresses: a URL that resolves to loopback, private, link-local or cloud
+# metadata addresses is refused at registration and at every send. True only for development and tests.
+WEBHOOKS_ALLOW_PRIVATE_TARGETS = env_bool("WEBHOOKS_ALLOW_PRIVATE_TARGETS", False)
+WEBHOOKS_TIMEOUT_SECONDS = env_float("WEBHOOKS_TIMEOUT_SECONDS", 10.0, minimum=1)
+WEBHOOKS_RETRY_BASE_SECONDS = env_int("WEBHOOKS_RETRY_BASE_SECONDS", 10, minimum=1, maximum=3600)
+WEBHOOKS_RETRY_HOURS = env_int("WEBHOOKS_RETRY_HOURS", 24, minimum=1, maximum=168)
+WEBHOOKS_DISABLE_AFTER_DAYS = env_int("WEBHOOKS_DISABLE_AFTER_DAYS", 5, minimum=1, maximum=90)
+WEBHOOKS_SWEEP_SECONDS = env_float("WEBHOOKS_SWEEP_SECONDS", 15.0, minimum=1)
+
+
 # --- Partner REST API (/api/v1/) ------------------------------------------
 def _throttle_rate(name: str, default: str) -> str:
     """DRF rates look like 600/min: a count, a slash, and s, min, hour or day (first letter counts)."""
@@ -418,6 +430,8 @@ SPECTACULAR_SETTINGS = {
         "AgreementStatusEnum": "agreements.models.Agreement.Status",
         "AccessRequestStatusEnum": "agreements.models.AccessRequest.Status",
         "CheckpointStatusEnum": "models_registry.models.Checkpoint.Status",
+        "WebhookStatusEnum": "webhooks.models.WebhookEndpoint.Status",
+        "DeliveryStatusEnum": "webhooks.models.Delivery.Status",
     },
 }
 
@@ -442,6 +456,12 @@ CELERY_BEAT_SCHEDULE = {
     "expire-agreements": {"task": "agreements.tasks.expire_agreements", "schedule": 3600.0},
     "remind-signatories": {"task": "agreements.tasks.remind_signatories", "schedule": 3600.0},
     "sweep-jobs": {"task": "inference.tasks.sweep_jobs", "schedule": INFERENCE_SWEEP_SECONDS},
+    # Webhook retries (exponential backoff) and what a broker outage kept back; failing endpoints disabled.
+    "sweep-webhook-deliveries": {
+        "task": "webhooks.tasks.sweep_deliveries",
+        "schedule": WEBHOOKS_SWEEP_SECONDS,
+        "options": {"queue": "default"},
+    },
     # Signed chain-head checkpoints outside the database; audit_verify checks the rows against them.
     "audit-chain-checkpoint": {
         "task": "audit.tasks.write_chain_checkpoint",

@@ -22,6 +22,7 @@ NAV_ITEMS: list[tuple[str, str, tuple[str, ...]]] = [
     ("Records", "records_home", LAB_ROLES),
     ("Verify a record", "record_verify", tuple(Role.values)),
     ("API tokens", "api_token_list", tuple(Role.values)),
+    ("Webhooks", "webhook_list", (Role.LAB_ADMIN, Role.PARTNER_ADMIN)),
 ]
 
 

@@ -29,6 +29,11 @@ def test_the_schema_is_openapi_3_and_lists_every_endpoint(client):
         "/api/v1/audit/events/",
         "/api/v1/audit/verify/",
         "/api/v1/records/verify/",
+        "/api/v1/webhooks/",
+        "/api/v1/webhooks/{id}/",
+        "/api/v1/webhooks/{id}/rotate-secret/",
+        "/api/v1/webhooks/{id}/deliveries/",
+        "/api/v1/webhook-deliveries/{id}/resend/",
     }
     post_job = schema["paths"]["/api/v1/jobs/"]["post"]
     assert {"202", "403", "409", "429"} <= set(post_job["responses"])

@@ -39,6 +39,13 @@ MATRIX: dict[tuple[str, str], tuple[int, int, int, int, int]] = {
     ("api/v1/audit/events/", "GET"): (403, 401, 401, 200, 403),
     ("api/v1/audit/verify/", "GET"): (403, 401, 401, 200, 403),
     ("api/v1/records/verify/", "POST"): (200, 401, 401, 200, 200),
+    # Webhooks are for partner admins and lab admins only (tests/webhooks/test_api.py: admins and outsiders).
+    ("api/v1/webhooks/", "GET"): (403, 401, 401, 403, 403),
+    ("api/v1/webhooks/", "POST"): (403, 401, 401, 403, 403),
+    ("api/v1/webhooks/<int:pk>/", "GET"): (403, 401, 401, 403, 403),
+    ("api/v1/webhooks/<int:pk>/rotate-secret/", "POST"): (403, 401, 401, 403, 403),
+    ("api/v1/webhooks/<int:pk>/deliveries/", "GET"): (403, 401, 401, 403, 403),
+    ("api/v1/webhook-deliveries/<int:pk>/resend/", "POST"): (403, 401, 401, 403, 403),
 }
 OTHER_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 

@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+
+
+class WebhooksConfig(AppConfig):
+    """Outgoing webhooks: endpoints, events made from audit events, signed deliveries with retries."""
+
+    name = "webhooks"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Here, not at the top: webhooks.events imports models, which load only once the apps are ready.
+        from audit import hooks
+        from webhooks.events import event_from_audit
+
+        hooks.subscribe(event_from_audit)
