@@ -76,6 +76,20 @@ def test_check_deploy_fails_without_a_shared_cache_naming_the_login_lock(tmp_pat
     assert "REDIS_URL" in result.stderr and "sign-in lock" in result.stderr
 
 
+def test_check_deploy_warns_when_webhooks_may_reach_private_addresses(tmp_path):
+    result = manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        tmp_path=tmp_path,
+        **PRODUCTION,
+        WEBHOOKS_ALLOW_PRIVATE_TARGETS="true",
+    )
+    assert result.returncode != 0
+    assert "modelpact.W001" in result.stderr and "cloud metadata" in result.stderr
+
+
 def test_seed_demo_refuses_with_debug_off_unless_told_what_it_does(tmp_path):
     env = {"DEBUG": "false", "SECRET_KEY": PRODUCTION["SECRET_KEY"], "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"}
     manage("migrate", "--noinput", "-v0", tmp_path=tmp_path, **env)
