@@ -311,3 +311,18 @@ def broker_down(settings):
     yield
     forget_broker_connections(app)
     app.conf.update(saved)
+
+
+@pytest.fixture
+def real_broker(settings):
+    """Send tasks to Redis for real (unit tests run them eagerly), starting from an empty queue."""
+    import redis
+
+    from config.celery import app
+
+    if not settings.CELERY_BROKER_URL.startswith("redis"):
+        pytest.skip("worker tests need CELERY_BROKER_URL to point at Redis (make test sets it)")
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    app.conf.task_always_eager = False
+    yield
+    app.conf.task_always_eager = True

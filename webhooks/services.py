@@ -9,6 +9,7 @@ import time
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
+from cryptography.fernet import InvalidToken
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models, transaction
@@ -257,9 +258,14 @@ def delivery_attempt(*, delivery_id: int) -> str:
         return "skipped"
     delivery = Delivery.objects.select_related("event", "endpoint").get(pk=delivery_id)
     body = json.dumps(delivery.event.payload, separators=(",", ":"), ensure_ascii=False).encode()
-    headers = signing.signed_headers(
-        secrets_in_force(delivery.endpoint, timezone.now()), delivery.event.message_id, int(time.time()), body
-    )
+    try:
+        secrets = secrets_in_force(delivery.endpoint, timezone.now())
+    except InvalidToken:
+        # Encrypted under another SECRET_KEY (it changed, or this host's differs): nothing can be signed.
+        # Recorded as a failed attempt, so the endpoint turns failing and its admins are told to rotate it.
+        unreadable = "The endpoint's signing secret cannot be read with this server's SECRET_KEY; rotate the secret."
+        return delivery_record(delivery_id=delivery_id, response=net.Response(None, 0, "", unreadable))
+    headers = signing.signed_headers(secrets, delivery.event.message_id, int(time.time()), body)
     # Outside any transaction: the receiver may take seconds, and no row is locked meanwhile.
     response = net.post(delivery.endpoint.url, body=body, headers=headers)
     return delivery_record(delivery_id=delivery_id, response=response)

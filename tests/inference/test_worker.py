@@ -17,25 +17,13 @@ from django.db import connection, transaction
 
 from agreements.selectors import tokens_charged_today
 from audit.selectors import audit_chain_verify
-from config.celery import app
 from inference import engine, services
 from inference.models import GenerationJob, Sample
 from tests.inference.test_services import params
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("real_broker")]
 FINISHED = {"succeeded", "failed", "cancelled"}
-
-
-@pytest.fixture(autouse=True)
-def real_broker():
-    """Send tasks to Redis for real (unit tests run them eagerly), starting from an empty queue."""
-    if not settings.CELERY_BROKER_URL.startswith("redis"):
-        pytest.skip("worker tests need CELERY_BROKER_URL to point at Redis (make test sets it)")
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
-    app.conf.task_always_eager = False
-    yield
-    app.conf.task_always_eager = True
 
 
 class Worker:

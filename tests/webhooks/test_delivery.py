@@ -112,6 +112,14 @@ def test_a_private_target_is_refused_at_send_time(receiver, delivery, settings):
     assert "loopback" in delivery.last_error and receiver.requests == []
 
 
+def test_a_secret_sealed_under_another_secret_key_fails_the_attempt_saying_so(receiver, delivery, settings):
+    settings.SECRET_KEY = "a-different-key-on-this-host-" + "x" * 40
+    assert services.delivery_attempt(delivery_id=delivery.pk) == "retry"
+    delivery.refresh_from_db()
+    assert receiver.requests == [] and delivery.status == "pending" and delivery.attempts == 1
+    assert "SECRET_KEY" in delivery.last_error and "rotate the secret" in delivery.last_error
+
+
 def test_a_claimed_delivery_is_not_sent_twice(receiver, delivery):
     assert services.delivery_claim(delivery_id=delivery.pk)
     assert services.delivery_attempt(delivery_id=delivery.pk) == "skipped"
