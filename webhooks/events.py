@@ -107,15 +107,17 @@ def _json(data: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def endpoints_for(event_type: str, organization_id: int | None) -> models.QuerySet[WebhookEndpoint]:
-    """Enabled endpoints that asked for this event and may hear it."""
-    endpoints = WebhookEndpoint.objects.exclude(status=WebhookEndpoint.Status.DISABLED).filter(
-        events__contains=[event_type]
-    )
-    if event_type in SHARED_TYPES:
-        return endpoints
-    # Lab endpoints with no organisation hear every organisation; others only their own.
-    return endpoints.filter(models.Q(organization=None) | models.Q(organization_id=organization_id))
+def endpoints_for(event_type: str, organization_id: int | None) -> list[WebhookEndpoint]:
+    """Enabled endpoints that asked for this event and may hear it.
+
+    The event list is matched here, not in SQL: a JSON `contains` lookup exists on PostgreSQL but not
+    on SQLite (the one-machine default), and an organisation has a handful of endpoints at most.
+    """
+    endpoints = WebhookEndpoint.objects.exclude(status=WebhookEndpoint.Status.DISABLED)
+    if event_type not in SHARED_TYPES:
+        # Lab endpoints with no organisation hear every organisation; others only their own.
+        endpoints = endpoints.filter(models.Q(organization=None) | models.Q(organization_id=organization_id))
+    return [endpoint for endpoint in endpoints if event_type in endpoint.events]
 
 
 def event_from_audit(audit: AuditEvent) -> WebhookEvent | None:

@@ -56,3 +56,18 @@ def test_a_worker_on_sqlite_and_the_filesystem_broker_runs_a_task(tmp_path):
             worker.wait(timeout=20)
         except subprocess.TimeoutExpired:
             worker.kill()
+
+
+def test_make_runs_setup_migrates_and_seeds_the_demo_on_sqlite(tmp_path):
+    """What `make run` does before starting the processes, on the one-machine default."""
+    env = embedded_env(tmp_path)
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True, timeout=180)
+    seeded = subprocess.run([*manage, "seed_demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert seeded.returncode == 0, seeded.stderr[-3000:]
+    assert "researcher@partner-a.example" in seeded.stdout
+    check = "from agreements.models import Agreement; print(Agreement.objects.filter(status='active').count())"
+    active = subprocess.run(
+        [*manage, "shell", "-c", check], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert int(active.stdout.strip().splitlines()[-1]) >= 1, active.stderr
