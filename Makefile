@@ -13,7 +13,7 @@ TEST_ENV := DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432/modelpact \
 	HF_HUB_OFFLINE=1
 
 # Type-checked by `make lint` (settings in pyproject.toml); migrations, tests and bench are excluded there.
-MYPY_PACKAGES := core accounts audit models_registry agreements inference records portal webhooks config
+MYPY_PACKAGES := core accounts audit models_registry agreements inference research records portal webhooks config
 
 .PHONY: run test lint format venv system-deps-run system-deps-test services clean
 

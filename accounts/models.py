@@ -196,6 +196,12 @@ class NotificationKind(models.TextChoices):
     CHECKPOINT_EMBARGOED = "checkpoint_embargoed", "A checkpoint your organisation holds is embargoed"
     JOB_CANCELLED = "job_cancelled", "Your generation job is cancelled by someone else or by the lab"
     WEBHOOK_FAILING = "webhook_failing", "A webhook endpoint you manage is failing or was disabled"
+    OBLIGATION_DUE = "obligation_due", "A report your organisation owes under its agreement is due soon"
+    ACCESS_PAUSED = "access_paused", "An overdue obligation paused your organisation's access, or access resumed"
+    FINDING_SUBMITTED = "finding_submitted", "A partner submits a finding or a paper for pre-publication review"
+    FINDING_REVIEWED = "finding_reviewed", "The lab reviews one of your organisation's findings or papers"
+    INCIDENT_REPORTED = "incident_reported", "Misuse or a security incident is reported"
+    RELEASE_DECIDED = "release_decided", "The lab records a release decision on a checkpoint"
 
 
 # Essential notices ask the person to act (sign, countersign) or tell them that access has ended; nobody
@@ -207,6 +213,8 @@ ESSENTIAL_KINDS = frozenset(
         NotificationKind.AGREEMENT_ENDED,
         NotificationKind.CHECKPOINT_WITHDRAWN,
         NotificationKind.WEBHOOK_FAILING,
+        NotificationKind.ACCESS_PAUSED,
+        NotificationKind.INCIDENT_REPORTED,
     }
 )
 
@@ -223,6 +231,12 @@ KIND_AUDIENCE: dict[str, tuple[str, ...]] = {
     NotificationKind.CHECKPOINT_EMBARGOED: PARTNER_ROLES,
     NotificationKind.JOB_CANCELLED: PARTNER_ROLES,
     NotificationKind.WEBHOOK_FAILING: (Role.LAB_ADMIN, Role.PARTNER_ADMIN),
+    NotificationKind.OBLIGATION_DUE: PARTNER_ROLES,
+    NotificationKind.ACCESS_PAUSED: (*PARTNER_ROLES, Role.LEGAL, Role.LAB_ADMIN),
+    NotificationKind.FINDING_SUBMITTED: (Role.LEGAL, Role.LAB_ADMIN),
+    NotificationKind.FINDING_REVIEWED: (Role.PARTNER_ADMIN, Role.SIGNATORY, Role.RESEARCHER),
+    NotificationKind.INCIDENT_REPORTED: (Role.LAB_ADMIN, Role.LEGAL),
+    NotificationKind.RELEASE_DECIDED: (*PARTNER_ROLES, Role.LEGAL, Role.LAB_ADMIN, Role.AUDITOR),
 }
 
 

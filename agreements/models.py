@@ -48,12 +48,36 @@ class TemplateVersion(models.Model):
     )
     retired_at = models.DateTimeField(null=True, blank=True)
 
+    # What a partner owes under agreements made from this version. Structured, so the obligations are
+    # scheduled from them; each has a placeholder, so the signed document states the same numbers.
+    findings_report_days = models.PositiveIntegerField(
+        default=90, help_text="A findings report is due this many days after each checkpoint's grant starts."
+    )
+    incident_report_hours = models.PositiveIntegerField(
+        default=72, help_text="Misuse or security incidents are reported within this many hours of discovery."
+    )
+    final_report_days = models.PositiveIntegerField(
+        default=30, help_text="The final report is due this many days before the term ends."
+    )
+    prepublication_review_days = models.PositiveIntegerField(
+        default=30, help_text="A paper is shared with the lab this many days before it is published."
+    )
+
     class Meta:
         ordering = ["template", "-number"]
         constraints = [
             models.UniqueConstraint(fields=["template", "number"], name="one_version_number_per_template"),
             models.UniqueConstraint(
                 fields=["template"], condition=models.Q(status="draft"), name="one_draft_per_template"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(
+                    findings_report_days__gte=1,
+                    incident_report_hours__gte=1,
+                    final_report_days__gte=1,
+                    prepublication_review_days__gte=1,
+                ),
+                name="template_obligation_terms_positive",
             ),
         ]
 
@@ -294,3 +318,103 @@ class GrantUsage(models.Model):
     @property
     def tokens_charged(self) -> int:
         return self.tokens_reserved + self.tokens_used
+
+
+class Obligation(models.Model):
+    """Something an active agreement asks of its partner by a date, scheduled when it becomes active.
+
+    Report obligations (findings, final report) pause the organisation's access while overdue: the
+    access choke point refuses with `obligation_overdue` until the report arrives or the lab extends
+    the due date with a reason. Incident and pre-publication obligations are recorded as they arise
+    (a report, a paper shared) and show whether the partner kept to the agreed notice.
+    """
+
+    class Kind(models.TextChoices):
+        FINDINGS_REPORT = "findings_report", "Findings report"
+        INCIDENT_REPORT = "incident_report", "Incident report"
+        FINAL_REPORT = "final_report", "Final report"
+        PREPUBLICATION_REVIEW = "prepublication_review", "Pre-publication review"
+
+    # Kinds whose lapse pauses access: the reports the lab's release decisions wait on.
+    PAUSING_KINDS = (Kind.FINDINGS_REPORT, Kind.FINAL_REPORT)
+
+    agreement = models.ForeignKey(Agreement, on_delete=models.PROTECT, related_name="obligations")
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="obligations")
+    kind = models.CharField(max_length=24, choices=Kind.choices)
+    checkpoint = models.ForeignKey(
+        "models_registry.Checkpoint", null=True, blank=True, on_delete=models.PROTECT, related_name="obligations"
+    )
+    description = models.CharField(max_length=300, help_text="What is owed, in words partners and auditors read.")
+    due_at = models.DateTimeField(db_index=True, help_text="When it is due now, after any extension.")
+    original_due_at = models.DateTimeField(help_text="When the agreement first made it due.")
+    created_at = models.DateTimeField(default=timezone.now)
+    reminded_at = models.DateTimeField(null=True, blank=True, help_text="When the reminder before the due date went.")
+    overdue_at = models.DateTimeField(null=True, blank=True, help_text="When it was found overdue (and access paused).")
+    fulfilled_at = models.DateTimeField(null=True, blank=True)
+    fulfilled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    fulfilment = models.CharField(
+        max_length=300, blank=True, help_text="What fulfilled it, e.g. a finding's reference."
+    )
+    extended_at = models.DateTimeField(null=True, blank=True)
+    extended_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    extension_reason = models.TextField(blank=True)
+    waived_at = models.DateTimeField(null=True, blank=True)
+    waive_reason = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["due_at", "pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(due_at__gte=models.F("original_due_at")), name="obligation_due_never_earlier"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(extended_at=None) | ~models.Q(extension_reason=""),
+                name="obligation_extension_has_reason",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["organization", "due_at"],
+                condition=models.Q(fulfilled_at=None, waived_at=None),
+                name="obligation_open_by_org",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reference}: {self.description}"
+
+    @property
+    def reference(self) -> str:
+        return f"OBL-{self.pk:05d}" if self.pk else "OBL-new"
+
+    @property
+    def is_open(self) -> bool:
+        return self.fulfilled_at is None and self.waived_at is None
+
+    @property
+    def pauses_access(self) -> bool:
+        return self.kind in self.PAUSING_KINDS
+
+    def is_overdue(self, now: datetime | None = None) -> bool:
+        return self.is_open and self.due_at <= (now or timezone.now())
+
+    @property
+    def fulfilled_late(self) -> bool:
+        return self.fulfilled_at is not None and self.fulfilled_at > self.due_at
+
+    def state(self, now: datetime | None = None) -> str:
+        """fulfilled, waived, overdue, due_soon (within 14 days) or open: what pages colour it by."""
+        now = now or timezone.now()
+        if self.fulfilled_at is not None:
+            return "fulfilled"
+        if self.waived_at is not None:
+            return "waived"
+        if self.due_at <= now:
+            return "overdue"
+        if (self.due_at - now).days < 14:
+            return "due_soon"
+        return "open"

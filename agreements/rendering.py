@@ -42,6 +42,10 @@ PLACEHOLDERS: Mapping[str, str] = MappingProxyType(
         "checkpoints": "List of the granted checkpoints with their sizes",
         "purpose": "The research purpose the partner stated",
         "daily_token_quota": "Tokens the partner may generate per day",
+        "obligations.findings_report_days": "Days after each checkpoint's access starts that a findings report is due",
+        "obligations.incident_report_hours": "Hours after discovery within which incidents are reported",
+        "obligations.final_report_days": "Days before the term ends that the final report is due",
+        "obligations.prepublication_review_days": "Days before publishing that a paper is shared with the lab",
         "signature.partner": "The partner's signature block",
         "signature.lab": "The lab's signature block",
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from django.core.exceptions import PermissionDenied
 from django.db.models import F, Prefetch, Q, QuerySet, Sum
@@ -29,6 +29,7 @@ from agreements.models import (
     Agreement,
     AgreementTemplate,
     GrantUsage,
+    Obligation,
     Signature,
     TemplateVersion,
 )
@@ -181,6 +182,10 @@ def document_values(agreement: Agreement) -> dict[str, rendering.Value]:
         ),
         "purpose": agreement.purpose,
         "daily_token_quota": f"{agreement.daily_token_quota:,}",
+        "obligations.findings_report_days": str(agreement.template_version.findings_report_days),
+        "obligations.incident_report_hours": str(agreement.template_version.incident_report_hours),
+        "obligations.final_report_days": str(agreement.template_version.final_report_days),
+        "obligations.prepublication_review_days": str(agreement.template_version.prepublication_review_days),
         "signature.partner": rendering.signature_block_html(f"For {organization.legal_name}"),
         "signature.lab": rendering.signature_block_html(f"For {lab_name}"),
     }
@@ -332,6 +337,15 @@ def access_check(
         return _explain_no_grant(organization=organization, checkpoint=checkpoint, grants=grants, now=now)
     # Several live grants (an amendment that adds to, not replaces, an agreement): the most generous.
     grant = max(live, key=lambda g: (g.daily_token_quota, g.ends_at))
+    overdue = overdue_obligation(organization=organization, now=now)
+    if overdue is not None:
+        # Paused, not ended: the grant and its term stand, and access resumes once the report arrives.
+        return _refuse(
+            "obligation_overdue",
+            f"access is paused: {overdue.description} ({overdue.reference}) was due on "
+            f"{overdue.due_at:%Y-%m-%d %H:%M} UTC and has not been received",
+            grant,
+        )
     if not check_quota:
         # The worker re-checks a job whose tokens were reserved at submission: only the grant matters.
         return AccessDecision(allowed=True, grant=grant, code="ok", message=f"{slug} may be used", quota_left=None)
@@ -582,3 +596,95 @@ def organization_live_grants(
     ):
         grants[grant.organization_id].append(grant)
     return grants
+
+
+# --- Obligations ------------------------------------------------------------------------------------
+
+
+def overdue_obligation(*, organization: Organization, now: datetime | None = None) -> Obligation | None:
+    """The longest-overdue open report obligation that pauses the organisation's access, if any."""
+    return (
+        Obligation.objects.filter(
+            organization=organization,
+            kind__in=Obligation.PAUSING_KINDS,
+            fulfilled_at=None,
+            waived_at=None,
+            due_at__lte=now or timezone.now(),
+        )
+        .order_by("due_at", "pk")
+        .first()
+    )
+
+
+OBLIGATION_STATES = ("open", "due_soon", "overdue", "fulfilled", "waived")
+
+
+def obligation_list(
+    *,
+    user: User,
+    organization: Organization | None = None,
+    kind: str | None = None,
+    state: str | None = None,
+    now: datetime | None = None,
+) -> QuerySet[Obligation]:
+    """Partner users see their organisation's obligations; lab staff every partner's, filterable."""
+    role = role_of(user)
+    if role is None:
+        raise Http404
+    obligations = Obligation.objects.select_related("organization", "agreement", "checkpoint", "fulfilled_by")
+    if role in PARTNER_ROLES:
+        obligations = obligations.filter(organization_id=user.membership.organization_id)
+    elif organization is not None:
+        obligations = obligations.filter(organization=organization)
+    if kind:
+        obligations = obligations.filter(kind=kind)
+    if state:
+        obligations = obligations.filter(obligation_state_q(state, now or timezone.now()))
+    return obligations.order_by("due_at", "pk")
+
+
+def obligation_state_q(state: str, now: datetime) -> Q:
+    """The rows in one of OBLIGATION_STATES, as Obligation.state() names them."""
+    open_ = Q(fulfilled_at=None, waived_at=None)
+    soon = now + timedelta(days=14)
+    return {
+        "fulfilled": ~Q(fulfilled_at=None),
+        "waived": Q(fulfilled_at=None) & ~Q(waived_at=None),
+        "overdue": open_ & Q(due_at__lte=now),
+        "due_soon": open_ & Q(due_at__gt=now, due_at__lt=soon),
+        "open": open_ & Q(due_at__gte=soon),
+    }[state]
+
+
+def obligation_get(*, user: User, pk: int) -> Obligation:
+    obligation = obligation_list(user=user).filter(pk=pk).first()
+    if obligation is None:
+        raise Http404
+    return obligation
+
+
+def obligations_fulfillable(*, organization: Organization) -> QuerySet[Obligation]:
+    """Report obligations a finding from this organisation may fulfil: open findings and final reports."""
+    return (
+        Obligation.objects.filter(
+            organization=organization, kind__in=Obligation.PAUSING_KINDS, fulfilled_at=None, waived_at=None
+        )
+        .select_related("agreement", "checkpoint")
+        .order_by("due_at", "pk")
+    )
+
+
+def organizations_in_good_standing(*, now: datetime | None = None) -> QuerySet[Organization]:
+    """Partners with an active agreement and no overdue report obligation: who a release may go to."""
+    now = now or timezone.now()
+    overdue = Obligation.objects.filter(
+        kind__in=Obligation.PAUSING_KINDS, fulfilled_at=None, waived_at=None, due_at__lte=now
+    ).values("organization_id")
+    return (
+        Organization.objects.filter(
+            kind=Organization.Kind.PARTNER, active=True, agreements__status=Agreement.Status.ACTIVE
+        )
+        .exclude(pk__in=overdue)
+        .distinct()
+        .order_by("name")
+    )

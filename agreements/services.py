@@ -26,6 +26,7 @@ from agreements.models import (
     AgreementTemplate,
     GrantUsage,
     InvalidTransition,
+    Obligation,
     Signature,
     TemplateVersion,
 )
@@ -547,9 +548,11 @@ def _record_signature(
 
 
 def _activate(*, actor: User, agreement: Agreement) -> None:
-    """The agreement is now active: its grants start, and an amendment may supersede the original."""
+    """The agreement is now active: its grants start, its obligations are scheduled, and an amendment
+    may supersede the original (whose open obligations it takes over)."""
     grants_create_for_agreement(agreement=agreement, actor=actor)
     hooks.agreement_milestone(agreement, "activated")
+    superseded = None
     if agreement.amends_id and agreement.replaces_amended:
         original = Agreement.objects.select_for_update().get(pk=agreement.amends_id)
         if original.can("supersede"):
@@ -560,6 +563,8 @@ def _activate(*, actor: User, agreement: Agreement) -> None:
                 action=events.AGREEMENT_SUPERSEDED,
                 reason=f"superseded by {agreement.reference}",
             )
+            superseded = original
+    obligations_schedule(agreement=agreement, actor=actor, superseded=superseded)
     task_send_on_commit("agreements.tasks.notify_signatories", agreement.pk, "activated")
 
 
@@ -692,7 +697,9 @@ def grants_create_for_agreement(*, agreement: Agreement, actor: User | None) -> 
     """An agreement became active: grant its organisation each checkpoint for its term and quota."""
     starts, ends = day_start(agreement.effective_date), day_start(agreement.end_date)
     grants = []
-    for checkpoint in agreement.checkpoints.order_by("parameter_count"):
+    # Publicly released checkpoints come with every agreement, whether or not it names them.
+    granted = agreement.checkpoints.all() | Checkpoint.objects.exclude(public_since=None)
+    for checkpoint in granted.distinct().order_by("parameter_count"):
         grant = AccessGrant.objects.create(
             organization=agreement.organization,
             checkpoint=checkpoint,
@@ -712,6 +719,47 @@ def grants_create_for_agreement(*, agreement: Agreement, actor: User | None) -> 
                 "starts_at": starts.isoformat(),
                 "ends_at": ends.isoformat(),
                 "daily_token_quota": agreement.daily_token_quota,
+            },
+        )
+        grants.append(grant)
+    return grants
+
+
+@transaction.atomic
+def grants_create_for_public_release(*, checkpoint: Checkpoint, actor: User) -> list[AccessGrant]:
+    """A checkpoint released to the public: every active agreement that lacks it grants it for the rest of
+    its term and at its quota. Agreements that become active later include it (grants_create_for_agreement)."""
+    now = timezone.now()
+    grants = []
+    active = (
+        Agreement.objects.select_for_update()
+        .filter(status=Agreement.Status.ACTIVE)
+        .exclude(grants__checkpoint=checkpoint)
+    )
+    for agreement in active.select_related("organization").order_by("pk"):
+        ends = day_start(agreement.end_date)
+        if ends <= now:
+            continue  # the hourly expiry has not caught up with it yet
+        grant = AccessGrant.objects.create(
+            organization=agreement.organization,
+            checkpoint=checkpoint,
+            agreement=agreement,
+            starts_at=max(now, day_start(agreement.effective_date)),
+            ends_at=ends,
+            daily_token_quota=agreement.daily_token_quota,
+        )
+        audit_append(
+            actor=actor,
+            action=events.GRANT_CREATED,
+            target=grant,
+            organization=agreement.organization,
+            data={
+                "agreement": agreement.reference,
+                "checkpoint": checkpoint.slug,
+                "starts_at": grant.starts_at.isoformat(),
+                "ends_at": ends.isoformat(),
+                "daily_token_quota": agreement.daily_token_quota,
+                "reason": "public release",
             },
         )
         grants.append(grant)
@@ -998,3 +1046,351 @@ def access_request_reject(*, actor: User, access_request: AccessRequest, reason:
         ),
     )
     return access_request
+
+
+# --- Obligations: scheduled when an agreement becomes active, fulfilled by reports, extended by the lab ---
+
+OBLIGATION_MANAGERS = (Role.LAB_ADMIN, Role.LEGAL)
+
+
+def _obligation_create(
+    *,
+    agreement: Agreement,
+    kind: str,
+    due_at: datetime,
+    description: str,
+    checkpoint: Checkpoint | None = None,
+) -> Obligation:
+    return Obligation.objects.create(
+        agreement=agreement,
+        organization_id=agreement.organization_id,
+        kind=kind,
+        checkpoint=checkpoint,
+        description=description,
+        due_at=due_at,
+        original_due_at=due_at,
+    )
+
+
+def _iso_or_none(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+@transaction.atomic
+def obligations_schedule(
+    *, agreement: Agreement, actor: User | None, superseded: Agreement | None = None
+) -> list[Obligation]:
+    """Schedule what an agreement that just became active asks of its partner, from its template's terms.
+
+    A findings report falls due N days after each checkpoint's grant starts (once per checkpoint: an
+    amendment that grants gpt2 again does not restart the clock), and a final report D days before the
+    term ends. An amendment that replaces its agreement takes over the open findings reports and brings
+    its own final report, so the replaced one is waived.
+    """
+    version = agreement.template_version
+    organization = agreement.organization
+    moved: list[str] = []
+    if superseded is not None:
+        for old in Obligation.objects.select_for_update().filter(
+            agreement=superseded, fulfilled_at=None, waived_at=None
+        ):
+            if old.kind == Obligation.Kind.FINAL_REPORT:
+                old.waived_at = timezone.now()
+                old.waive_reason = f"replaced by the final report under {agreement.reference}"
+                old.save(update_fields=["waived_at", "waive_reason"])
+            else:
+                old.agreement = agreement
+                old.save(update_fields=["agreement"])
+                moved.append(old.reference)
+    reported = set(
+        Obligation.objects.filter(organization=organization, kind=Obligation.Kind.FINDINGS_REPORT).values_list(
+            "checkpoint_id", flat=True
+        )
+    )
+    created = []
+    for grant in agreement.grants.select_related("checkpoint").order_by("checkpoint__parameter_count"):
+        if grant.checkpoint_id in reported:
+            continue
+        created.append(
+            _obligation_create(
+                agreement=agreement,
+                kind=Obligation.Kind.FINDINGS_REPORT,
+                checkpoint=grant.checkpoint,
+                due_at=grant.starts_at + timedelta(days=version.findings_report_days),
+                description=f"Findings report on {grant.checkpoint.slug}",
+            )
+        )
+    starts, ends = day_start(agreement.effective_date), day_start(agreement.end_date)
+    # A short term still leaves the partner half of it to write the final report.
+    final_due = max(ends - timedelta(days=version.final_report_days), starts + (ends - starts) / 2)
+    created.append(
+        _obligation_create(
+            agreement=agreement,
+            kind=Obligation.Kind.FINAL_REPORT,
+            due_at=final_due,
+            description=f"Final report under {agreement.reference}",
+        )
+    )
+    audit_append(
+        actor=actor,
+        action=events.OBLIGATIONS_SCHEDULED,
+        target=agreement,
+        data={
+            "obligations": [
+                {"reference": o.reference, "kind": o.kind, "due_at": o.due_at.isoformat(), "what": o.description}
+                for o in created
+            ],
+            "taken_over": moved,
+        },
+    )
+    return created
+
+
+def _lock_open(obligation: Obligation) -> Obligation:
+    obligation = Obligation.objects.select_for_update().select_related("organization").get(pk=obligation.pk)
+    if not obligation.is_open:
+        state = "fulfilled" if obligation.fulfilled_at else "waived"
+        raise ValidationError(f"{obligation.reference} is already {state}.")
+    return obligation
+
+
+@transaction.atomic
+def obligation_fulfil(*, actor: User, obligation: Obligation, fulfilment: str) -> Obligation:
+    """Mark a report obligation met (a finding that says it fulfils it). Access paused by it resumes."""
+    obligation = _lock_open(obligation)
+    if role_of(actor) not in PARTNER_ROLES or actor.membership.organization_id != obligation.organization_id:
+        raise PermissionDenied("Only the organisation that owes a report fulfils it.")
+    now = timezone.now()
+    was_overdue = obligation.is_overdue(now)
+    obligation.fulfilled_at = now
+    obligation.fulfilled_by = actor
+    obligation.fulfilment = fulfilment[:300]
+    obligation.save(update_fields=["fulfilled_at", "fulfilled_by", "fulfilment"])
+    audit_append(
+        actor=actor,
+        action=events.OBLIGATION_FULFILLED,
+        target=obligation,
+        organization=obligation.organization,
+        data={
+            "obligation": obligation.reference,
+            "kind": obligation.kind,
+            "due_at": obligation.due_at.isoformat(),
+            "late": obligation.fulfilled_late,
+            "by": fulfilment,
+        },
+    )
+    if was_overdue and obligation.pauses_access:
+        _notify_access_resumed(obligation, f"{fulfilment} fulfilled it")
+    return obligation
+
+
+@transaction.atomic
+def obligation_record_kept(
+    *,
+    actor: User,
+    agreement: Agreement,
+    kind: str,
+    due_at: datetime,
+    description: str,
+    fulfilment: str,
+    checkpoint: Checkpoint | None = None,
+) -> Obligation:
+    """Record an obligation that arose and was met in the same act: an incident reported (due H hours after
+    its discovery) or a paper shared for review. Whether it was met in time stays on the row."""
+    obligation = _obligation_create(
+        agreement=agreement, kind=kind, due_at=due_at, description=description, checkpoint=checkpoint
+    )
+    obligation.fulfilled_at = timezone.now()
+    obligation.fulfilled_by = actor
+    obligation.fulfilment = fulfilment[:300]
+    obligation.save(update_fields=["fulfilled_at", "fulfilled_by", "fulfilment"])
+    audit_append(
+        actor=actor,
+        action=events.OBLIGATION_FULFILLED,
+        target=obligation,
+        organization=agreement.organization,
+        data={
+            "obligation": obligation.reference,
+            "kind": kind,
+            "due_at": due_at.isoformat(),
+            "late": obligation.fulfilled_late,
+            "by": fulfilment,
+        },
+    )
+    return obligation
+
+
+MAX_EXTENSION_DAYS = 365
+
+
+@transaction.atomic
+def obligation_extend(*, actor: User, obligation: Obligation, due_on: date, reason: str) -> Obligation:
+    """The lab moves a due date later, with a reason the partner and auditors read; access paused by it resumes."""
+    require_role(actor, *OBLIGATION_MANAGERS)
+    reason = clean_reason(reason, required=True, what="the partner and auditors see it")
+    obligation = _lock_open(obligation)
+    now = timezone.now()
+    new_due = day_start(due_on)
+    if new_due <= obligation.due_at or new_due <= now:
+        raise ValidationError(
+            {"due_on": f"Choose a day after the current due date ({obligation.due_at:%Y-%m-%d}) and after today."}
+        )
+    if new_due > now + timedelta(days=MAX_EXTENSION_DAYS):
+        raise ValidationError({"due_on": f"An extension reaches at most {MAX_EXTENSION_DAYS} days ahead."})
+    was_overdue = obligation.is_overdue(now)
+    previous = obligation.due_at
+    obligation.due_at = new_due
+    obligation.extended_at = now
+    obligation.extended_by = actor
+    obligation.extension_reason = reason
+    obligation.overdue_at = None
+    obligation.reminded_at = None
+    obligation.save(
+        update_fields=["due_at", "extended_at", "extended_by", "extension_reason", "overdue_at", "reminded_at"]
+    )
+    audit_append(
+        actor=actor,
+        action=events.OBLIGATION_EXTENDED,
+        target=obligation,
+        organization=obligation.organization,
+        data={
+            "obligation": obligation.reference,
+            "from": previous.isoformat(),
+            "to": new_due.isoformat(),
+            "reason": reason,
+        },
+    )
+    if was_overdue and obligation.pauses_access:
+        _notify_access_resumed(obligation, f"the lab extended it to {new_due:%Y-%m-%d}: {reason}")
+    else:
+        _notify_obligation(
+            obligation,
+            kind=NotificationKind.OBLIGATION_DUE,
+            title=f"{obligation.description} is now due on {new_due:%Y-%m-%d}",
+            body=f"The lab extended {obligation.reference} from {previous:%Y-%m-%d} to {new_due:%Y-%m-%d}: {reason}",
+            occasion=f"extended:{now.timestamp():.0f}",
+        )
+    return obligation
+
+
+def _obligation_audience(obligation: Obligation) -> list[User]:
+    return list(
+        User.objects.filter(
+            is_active=True,
+            membership__organization_id=obligation.organization_id,
+            membership__role__in=PARTNER_ROLES,
+        )
+    )
+
+
+def _lab_audience() -> list[User]:
+    return list(User.objects.filter(is_active=True, membership__role__in=OBLIGATION_MANAGERS))
+
+
+def _notify_obligation(
+    obligation: Obligation, *, kind: str, title: str, body: str, occasion: str, lab_too: bool = False
+) -> None:
+    users = _obligation_audience(obligation) + (_lab_audience() if lab_too else [])
+    notifications_send(
+        users=users,
+        kind=kind,
+        title=title,
+        body=body,
+        url=reverse("obligation_list"),
+        dedupe_key=f"obligation.{occasion}:{obligation.pk}",
+    )
+
+
+def _notify_access_resumed(obligation: Obligation, how: str) -> None:
+    _notify_obligation(
+        obligation,
+        kind=NotificationKind.ACCESS_PAUSED,
+        title=f"Access resumed for {obligation.organization.name}",
+        body=f"{obligation.description} ({obligation.reference}) no longer pauses access: {how}.",
+        occasion=f"resumed:{timezone.now().timestamp():.0f}",
+        lab_too=True,
+    )
+
+
+@transaction.atomic
+def obligation_remind(*, obligation: Obligation, now: datetime) -> bool:
+    """Tell the partner a report is due soon, once per due date; False when that was done or it is met."""
+    obligation = Obligation.objects.select_for_update().select_related("organization").get(pk=obligation.pk)
+    if not obligation.is_open or obligation.reminded_at is not None:
+        return False
+    obligation.reminded_at = now
+    obligation.save(update_fields=["reminded_at"])
+    audit_append(
+        actor=None,
+        action=events.OBLIGATION_REMINDED,
+        target=obligation,
+        organization=obligation.organization,
+        data={"obligation": obligation.reference, "due_at": obligation.due_at.isoformat()},
+    )
+    pause = (
+        " If it is not received by then, your organisation's access pauses until it is."
+        if obligation.pauses_access
+        else ""
+    )
+    _notify_obligation(
+        obligation,
+        kind=NotificationKind.OBLIGATION_DUE,
+        title=f"Due on {obligation.due_at:%Y-%m-%d}: {obligation.description}",
+        body=f"{obligation.reference} under {obligation.agreement.reference} is due on "
+        f"{obligation.due_at:%Y-%m-%d %H:%M} UTC.{pause} Submit it as a finding that says it fulfils this obligation.",
+        occasion=f"reminder:{obligation.due_at.timestamp():.0f}",
+    )
+    return True
+
+
+@transaction.atomic
+def obligation_mark_overdue(*, obligation: Obligation, now: datetime) -> bool:
+    """Record the day a report lapsed (access_check already refuses from that moment) and tell both sides."""
+    obligation = (
+        Obligation.objects.select_for_update().select_related("organization", "agreement").get(pk=obligation.pk)
+    )
+    if not obligation.is_overdue(now) or obligation.overdue_at is not None:
+        return False
+    obligation.overdue_at = now
+    obligation.save(update_fields=["overdue_at"])
+    audit_append(
+        actor=None,
+        action=events.OBLIGATION_OVERDUE,
+        target=obligation,
+        organization=obligation.organization,
+        data={
+            "obligation": obligation.reference,
+            "due_at": obligation.due_at.isoformat(),
+            "access_paused": obligation.pauses_access,
+        },
+    )
+    if obligation.pauses_access:
+        _notify_obligation(
+            obligation,
+            kind=NotificationKind.ACCESS_PAUSED,
+            title=f"Access paused for {obligation.organization.name}: {obligation.description} is overdue",
+            body=f"{obligation.reference} under {obligation.agreement.reference} was due on "
+            f"{obligation.due_at:%Y-%m-%d %H:%M} UTC. Until it is received, or the lab extends it, no new job "
+            "starts on any checkpoint. The term of the agreement is not extended by the pause.",
+            occasion=f"overdue:{obligation.due_at.timestamp():.0f}",
+            lab_too=True,
+        )
+    return True
+
+
+def obligations_check_due(*, now: datetime | None = None) -> dict[str, list[str]]:
+    """Beat: remind partners of reports due within OBLIGATION_REMINDER_DAYS, and record the ones that lapsed."""
+    now = now or timezone.now()
+    open_ = Obligation.objects.filter(fulfilled_at=None, waived_at=None)
+    soon = now + timedelta(days=settings.OBLIGATION_REMINDER_DAYS)
+    reminded = [
+        o.reference
+        for o in open_.filter(reminded_at=None, due_at__gt=now, due_at__lte=soon)
+        if obligation_remind(obligation=o, now=now)
+    ]
+    overdue = [
+        o.reference
+        for o in open_.filter(overdue_at=None, due_at__lte=now)
+        if obligation_mark_overdue(obligation=o, now=now)
+    ]
+    return {"reminded": reminded, "overdue": overdue}

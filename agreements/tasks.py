@@ -158,3 +158,13 @@ def remind_signatories() -> list[str]:
 def revoke_expired_grants() -> int:
     """Hourly: revoke grants past their end. Idempotent: a revoked grant is not picked up again."""
     return services.grants_revoke_expired()
+
+
+@shared_task
+def check_obligations() -> dict[str, list[str]]:
+    """Every 15 minutes: remind partners of reports due soon and record the ones that lapsed.
+
+    Access pauses the moment a report lapses whatever this task does (access_check reads the due
+    date); the task only tells people, once per due date.
+    """
+    return services.obligations_check_due()

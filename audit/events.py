@@ -61,6 +61,23 @@ RECORD_DOWNLOADED = "record.downloaded"
 API_TOKEN_CREATED = "api_token.created"
 API_TOKEN_REVOKED = "api_token.revoked"
 
+OBLIGATIONS_SCHEDULED = "obligation.scheduled"
+OBLIGATION_REMINDED = "obligation.reminded"
+OBLIGATION_OVERDUE = "obligation.overdue"
+OBLIGATION_FULFILLED = "obligation.fulfilled"
+OBLIGATION_EXTENDED = "obligation.extended"
+OBLIGATION_WAIVED = "obligation.waived"
+FINDING_SUBMITTED = "finding.submitted"
+FINDING_RESUBMITTED = "finding.resubmitted"
+FINDING_REVIEWED = "finding.reviewed"
+FINDING_PUBLICATION_REVIEWED = "finding.publication_reviewed"
+FINDING_ATTACHMENT_DOWNLOADED = "finding.attachment_downloaded"
+INCIDENT_REPORTED = "incident.reported"
+INCIDENT_ACTED_ON = "incident.acted_on"
+INCIDENT_RESOLVED = "incident.resolved"
+RELEASE_DECIDED = "release.decided"
+CHECKPOINT_RELEASED_PUBLICLY = "checkpoint.released_publicly"
+
 
 def all_actions() -> list[str]:
     """Every action constant defined in this module, for filters and validation."""

@@ -79,6 +79,7 @@ INSTALLED_APPS = [
     "agreements",
     "models_registry",
     "inference",
+    "research",
     "records",
     "portal",
     "webhooks",
@@ -205,6 +206,13 @@ INVITATION_TTL_DAYS = env_int("INVITATION_TTL_DAYS", 7, minimum=1)
 # --- Agreements -----------------------------------------------------------
 AGREEMENT_REMINDER_DAYS = env_int("AGREEMENT_REMINDER_DAYS", 3, minimum=1)
 AGREEMENT_SIGNATURE_DAYS = env_int("AGREEMENT_SIGNATURE_DAYS", 30, minimum=1)
+# Partners are reminded of an obligation this many days before it is due (and again on the day it lapses).
+OBLIGATION_REMINDER_DAYS = env_int("OBLIGATION_REMINDER_DAYS", 7, minimum=1)
+
+# --- Research: findings' attachments ---------------------------------------
+# PDFs attached to findings. Like RECORDS_DIR, every web host must see the same folder.
+FINDINGS_DIR = Path(env_str("FINDINGS_DIR", str(VAR_DIR / "findings"))).resolve()
+FINDING_ATTACHMENT_MAX_BYTES = 20 * 1024 * 1024
 
 # --- Sealed records -------------------------------------------------------
 # The lab's sealing key and certificate (PEM). `manage.py records_keygen` makes a development pair
@@ -455,6 +463,7 @@ CELERY_BEAT_SCHEDULE = {
     "revoke-expired-grants": {"task": "agreements.tasks.revoke_expired_grants", "schedule": 3600.0},
     "expire-agreements": {"task": "agreements.tasks.expire_agreements", "schedule": 3600.0},
     "remind-signatories": {"task": "agreements.tasks.remind_signatories", "schedule": 3600.0},
+    "check-obligations": {"task": "agreements.tasks.check_obligations", "schedule": 900.0},
     "sweep-jobs": {"task": "inference.tasks.sweep_jobs", "schedule": INFERENCE_SWEEP_SECONDS},
     # Webhook retries (exponential backoff) and what a broker outage kept back; failing endpoints disabled.
     "sweep-webhook-deliveries": {

@@ -13,6 +13,7 @@ urlpatterns = [
     path("", include("records.urls")),
     path("", include("agreements.urls")),
     path("", include("inference.urls")),
+    path("", include("research.urls")),
     path("", include("webhooks.urls")),
 ]
 

@@ -23,6 +23,9 @@ class Checkpoint(models.Model):
     released_on = models.DateField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.AVAILABLE)
     status_reason = models.TextField(blank=True)
+    public_since = models.DateTimeField(
+        null=True, blank=True, help_text="Released to the public: any organisation with an active agreement may use it."
+    )
     # What is actually on disk: real imported weights, or a tiny demo build.
     weights_path = models.CharField(max_length=500, blank=True)
     weights_sha256 = models.CharField(max_length=64, blank=True)

@@ -395,6 +395,7 @@ def test_every_transition_writes_one_audit_event_and_the_chain_verifies(legal, a
         "agreement.sent",
         "agreement.signed",
         "agreement.countersigned",
+        "obligation.scheduled",
         "agreement.terminated",
     ]
     assert audit_chain_verify().ok

@@ -1,0 +1,1 @@
+"""Read-only admin views of findings, incidents and release decisions, for investigations."""

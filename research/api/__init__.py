@@ -1,0 +1,1 @@
+"""The research part of the REST API (v1)."""

@@ -1,0 +1,1 @@
+"""Every read in research, scoped to what the user may see."""

@@ -1,0 +1,1 @@
+"""The research pages: findings, incidents, stage reviews."""
