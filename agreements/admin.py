@@ -7,6 +7,7 @@ from agreements.models import (
     Agreement,
     AgreementTemplate,
     GrantUsage,
+    Obligation,
     Signature,
     TemplateVersion,
 )
@@ -59,3 +60,11 @@ class GrantUsageAdmin(ReadOnlyAdmin):
     list_display = ("grant", "day", "tokens_reserved", "tokens_used")
     list_filter = ("day",)
     list_select_related = ("grant__organization", "grant__checkpoint")
+
+
+@admin.register(Obligation)
+class ObligationAdmin(ReadOnlyAdmin):
+    list_display = ("reference", "organization", "kind", "due_at", "original_due_at", "fulfilled_at", "waived_at")
+    list_filter = ("kind", "organization")
+    list_select_related = ("organization",)
+    search_fields = ("description", "fulfilment", "extension_reason")

@@ -18,7 +18,7 @@ from accounts.api import RoleRequired
 from accounts.models import PARTNER_ROLES
 from accounts.permissions import request_user, role_of
 from agreements import selectors, services
-from agreements.models import AccessGrant, AccessRequest, Agreement, Signature
+from agreements.models import AccessGrant, AccessRequest, Agreement, Obligation, Signature
 from core.api import ErrorSerializer, StrictCharField
 from core.filters import CreatedRangeFilterSet
 from core.validators import PURPOSE_MAX_CHARS, clean_purpose
@@ -333,3 +333,66 @@ class AccessRequestDetailApi(generics.RetrieveAPIView):
 
     def get_object(self) -> AccessRequest:
         return selectors.access_request_get(user=request_user(self.request), pk=self.kwargs["pk"])
+
+
+# --- Obligations ----------------------------------------------------------------------------------------
+
+
+class ObligationSerializer(serializers.ModelSerializer):
+    reference = serializers.CharField()
+    organization = serializers.CharField(source="organization.name")
+    agreement = serializers.CharField(source="agreement.reference", help_text="The agreement it is owed under.")
+    checkpoint = serializers.CharField(
+        source="checkpoint.slug", allow_null=True, default=None, help_text="The checkpoint a findings report covers."
+    )
+    state = serializers.SerializerMethodField(help_text="overdue, due_soon, open, fulfilled or waived.")
+    pauses_access = serializers.BooleanField(
+        help_text="Whether it pauses the organisation's access while overdue (findings and final reports)."
+    )
+    fulfilled_late = serializers.BooleanField()
+
+    class Meta:
+        model = Obligation
+        fields = [
+            "id",
+            "reference",
+            "organization",
+            "kind",
+            "description",
+            "agreement",
+            "checkpoint",
+            "due_at",
+            "original_due_at",
+            "state",
+            "pauses_access",
+            "reminded_at",
+            "overdue_at",
+            "fulfilled_at",
+            "fulfilment",
+            "fulfilled_late",
+            "extended_at",
+            "extension_reason",
+        ]
+
+    @extend_schema_field(serializers.ChoiceField(choices=list(Obligation.STATES)))
+    def get_state(self, obligation: Obligation) -> str:
+        return obligation.state(self.context["now"])
+
+
+@extend_schema(tags=["obligations"])
+class ObligationListApi(generics.ListAPIView):
+    """What your organisation owes the lab under its agreements, by due date (lab staff: every partner's).
+
+    An overdue findings or final report (`pauses_access`) pauses the organisation's access: job submission
+    is refused with `access_denied` (reason `obligation_overdue`) until a finding fulfils it or the lab
+    extends its due date."""
+
+    serializer_class = ObligationSerializer
+    filterset_class = selectors.ObligationFilter
+    queryset = Obligation.objects.none()  # for the schema; requests use get_queryset
+
+    def get_queryset(self) -> QuerySet[Obligation]:
+        return selectors.obligation_list(user=request_user(self.request))
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        return {**super().get_serializer_context(), "now": timezone.now()}

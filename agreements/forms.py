@@ -12,8 +12,8 @@ from django import forms
 from django.db.models import QuerySet
 
 from accounts.models import Organization
-from agreements.models import Agreement, TemplateVersion
-from agreements.services import AgreementTerms
+from agreements.models import OBLIGATION_TERM_RANGES, Agreement, TemplateVersion
+from agreements.services import AgreementTerms, ObligationTerms
 from core.validators import PURPOSE_MAX_CHARS, PURPOSE_MIN_CHARS, clean_purpose
 from models_registry.models import Checkpoint
 
@@ -36,7 +36,66 @@ class MarkdownField(forms.CharField):
         return _normalise_newlines(cast(str, super().to_python(value)))
 
 
-class TemplateCreateForm(forms.Form):
+class TermField(forms.IntegerField):
+    """One obligation term: a whole number the service checks against its range (message next to the field)."""
+
+    widget = forms.NumberInput(attrs={"inputmode": "numeric", "step": "1"})
+    default_error_messages = {"invalid": "Enter a whole number, like 30."}
+
+    def __init__(self, *, name: str, label: str, unit: str, help_text: str) -> None:
+        low, high = OBLIGATION_TERM_RANGES[name]
+        super().__init__(required=False, label=label, help_text=f"{help_text} From {low} to {high} {unit}.")
+        # The browser shows the range; the service is what enforces it, with the same message for any client.
+        self.widget.attrs.update({"min": low, "max": high, "data-term": name})
+
+
+class ObligationTermsForm(forms.Form):
+    """The four obligation terms legal edits beside the text; the text states them as `obligations.*`."""
+
+    findings_report_days = TermField(
+        name="findings_report_days",
+        label="Findings report due (days)",
+        unit="days",
+        help_text="After each checkpoint's access starts.",
+    )
+    incident_report_hours = TermField(
+        name="incident_report_hours",
+        label="Incidents reported within (hours)",
+        unit="hours",
+        help_text="After the partner discovers one.",
+    )
+    final_report_days = TermField(
+        name="final_report_days",
+        label="Final report due (days before the end)",
+        unit="days",
+        help_text="Before the term ends.",
+    )
+    prepublication_review_days = TermField(
+        name="prepublication_review_days",
+        label="Paper shared before publishing (days)",
+        unit="days",
+        help_text="For the lab's pre-publication review.",
+    )
+
+    def terms(self) -> ObligationTerms:
+        """The terms as posted; one not posted at all keeps its initial value (a blank one is blank)."""
+        return ObligationTerms(
+            **{
+                name: self.cleaned_data.get(name) if self.add_prefix(name) in self.data else self.initial.get(name)
+                for name in OBLIGATION_TERM_RANGES
+            }
+        )
+
+    @staticmethod
+    def initial_for(version: TemplateVersion | None) -> dict[str, int | None]:
+        return (ObligationTerms.of(version) if version else ObligationTerms.defaults()).as_dict()
+
+    @property
+    def term_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in OBLIGATION_TERM_RANGES]
+
+
+class TemplateCreateForm(ObligationTermsForm):
     name = forms.CharField(max_length=200, required=False, help_text="e.g. “GPT-2 Model Sharing Agreement”.")
     description = forms.CharField(
         required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}), help_text="For lab staff only."
@@ -44,8 +103,28 @@ class TemplateCreateForm(forms.Form):
     body = MarkdownField(label="Agreement text (Markdown)")
 
 
-class TemplateVersionForm(forms.Form):
+class TemplateVersionForm(ObligationTermsForm):
     body = MarkdownField(label="Agreement text (Markdown)")
+
+
+class ObligationExtendForm(forms.Form):
+    """The lab's extension of a due date; the service checks the date and the reason and says what to change."""
+
+    due_on = forms.DateField(
+        required=False,
+        label="New due date",
+        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+        help_text="Due at the start of that day (00:00 UTC). Later than the current due date and today.",
+        error_messages={"invalid": "Enter a date, like 2027-03-31."},
+    )
+    reason = forms.CharField(
+        required=False,
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        label="Reason",
+        help_text="Required. The partner and auditors read it.",
+        error_messages={"max_length": "Keep the reason under 2,000 characters."},
+    )
 
 
 class DiffForm(forms.Form):

@@ -28,6 +28,16 @@ class AgreementTemplate(models.Model):
         return self.name
 
 
+# The range each obligation term may take (both ends included): a day to a year, an hour to 30 days.
+# The editor's fields, the save and publish services and a database constraint all hold to these.
+OBLIGATION_TERM_RANGES: dict[str, tuple[int, int]] = {
+    "findings_report_days": (1, 365),
+    "incident_report_hours": (1, 720),
+    "final_report_days": (1, 365),
+    "prepublication_review_days": (1, 365),
+}
+
+
 class TemplateVersion(models.Model):
     class Status(models.TextChoices):
         DRAFT = "draft", "Draft"
@@ -72,12 +82,12 @@ class TemplateVersion(models.Model):
             ),
             models.CheckConstraint(
                 condition=models.Q(
-                    findings_report_days__gte=1,
-                    incident_report_hours__gte=1,
-                    final_report_days__gte=1,
-                    prepublication_review_days__gte=1,
+                    findings_report_days__range=OBLIGATION_TERM_RANGES["findings_report_days"],
+                    incident_report_hours__range=OBLIGATION_TERM_RANGES["incident_report_hours"],
+                    final_report_days__range=OBLIGATION_TERM_RANGES["final_report_days"],
+                    prepublication_review_days__range=OBLIGATION_TERM_RANGES["prepublication_review_days"],
                 ),
-                name="template_obligation_terms_positive",
+                name="template_obligation_terms_in_range",
             ),
         ]
 
@@ -91,6 +101,11 @@ class TemplateVersion(models.Model):
     @property
     def is_draft(self) -> bool:
         return self.status == self.Status.DRAFT
+
+    @property
+    def obligation_terms(self) -> dict[str, int]:
+        """The four terms by field name, in OBLIGATION_TERM_RANGES' order."""
+        return {name: getattr(self, name) for name in OBLIGATION_TERM_RANGES}
 
 
 def add_months(day: date, months: int) -> date:
@@ -337,6 +352,16 @@ class Obligation(models.Model):
 
     # Kinds whose lapse pauses access: the reports the lab's release decisions wait on.
     PAUSING_KINDS = (Kind.FINDINGS_REPORT, Kind.FINAL_REPORT)
+    # An open obligation due within this many days is "due soon".
+    DUE_SOON_DAYS = 14
+    # What state() returns, in the order pages group them: what needs doing first.
+    STATES = {
+        "overdue": "Overdue",
+        "due_soon": f"Due within {DUE_SOON_DAYS} days",
+        "open": "Open",
+        "fulfilled": "Fulfilled",
+        "waived": "Waived",
+    }
 
     agreement = models.ForeignKey(Agreement, on_delete=models.PROTECT, related_name="obligations")
     organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="obligations")
@@ -407,7 +432,7 @@ class Obligation(models.Model):
         return self.fulfilled_at is not None and self.fulfilled_at > self.due_at
 
     def state(self, now: datetime | None = None) -> str:
-        """fulfilled, waived, overdue, due_soon (within 14 days) or open: what pages colour it by."""
+        """fulfilled, waived, overdue, due_soon (within DUE_SOON_DAYS) or open: what pages colour it by."""
         now = now or timezone.now()
         if self.fulfilled_at is not None:
             return "fulfilled"
@@ -415,6 +440,9 @@ class Obligation(models.Model):
             return "waived"
         if self.due_at <= now:
             return "overdue"
-        if (self.due_at - now).days < 14:
+        if (self.due_at - now).days < self.DUE_SOON_DAYS:
             return "due_soon"
         return "open"
+
+    def state_label(self, now: datetime | None = None) -> str:
+        return self.STATES[self.state(now)]

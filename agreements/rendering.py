@@ -52,6 +52,11 @@ PLACEHOLDERS: Mapping[str, str] = MappingProxyType(
 )
 
 
+# The placeholders that state an agreement's obligation terms: a version is published only when its text
+# states every one, so the signed document says the same numbers the obligations are scheduled from.
+OBLIGATION_PLACEHOLDERS: tuple[str, ...] = tuple(name for name in PLACEHOLDERS if name.startswith("obligations."))
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One thing wrong with a template, on the 1-based line the author must change."""
@@ -154,6 +159,18 @@ def _scan(source: str) -> tuple[list[_Marker], list[Problem]]:
             stray.append(Problem(number, "unbalanced '}}' with no opening '{{'"))
         offset += len(line)
     return markers, stray
+
+
+def placeholders_used(source: str) -> set[str]:
+    """The allowlisted placeholders ``source`` names (at least once)."""
+    markers, _ = _scan(source)
+    return {marker.name for marker in markers if marker.name}
+
+
+def obligation_placeholders_missing(source: str) -> list[str]:
+    """The obligation placeholders ``source`` does not state, in allowlist order."""
+    used = placeholders_used(source)
+    return [name for name in OBLIGATION_PLACEHOLDERS if name not in used]
 
 
 # --- Tokens ---------------------------------------------------------------------
@@ -375,8 +392,26 @@ def signature_block_html(
     return SafeBlock(html=html_block, text=text)
 
 
-def sample_values() -> dict[str, Value]:
-    """Plausible values to preview a template before any organisation is chosen."""
+# A new template's obligation terms (TemplateVersion's field defaults), for a preview that was given none.
+SAMPLE_OBLIGATION_TERMS: Mapping[str, int] = MappingProxyType(
+    {
+        "findings_report_days": 90,
+        "incident_report_hours": 72,
+        "final_report_days": 30,
+        "prepublication_review_days": 30,
+    }
+)
+
+
+def sample_values(terms: Mapping[str, int | None] | None = None) -> dict[str, Value]:
+    """Plausible values to preview a template before any organisation is chosen.
+
+    ``terms`` are the version's obligation terms by field name (as the editor holds them); one missing
+    or None is shown with the default."""
+    terms = terms or {}
+    obligations: dict[str, Value] = {
+        f"obligations.{name}": str(terms.get(name) or default) for name, default in SAMPLE_OBLIGATION_TERMS.items()
+    }
     return {
         "organization.name": "Example Research Institute",
         "organization.legal_name": "Example Research Institute Ltd",
@@ -389,6 +424,7 @@ def sample_values() -> dict[str, Value]:
         "checkpoints": checkpoint_list_html([("GPT-2 Small", "124M parameters"), ("GPT-2 Medium", "355M parameters")]),
         "purpose": "Studying the detectability of machine-generated text.",
         "daily_token_quota": "50,000",
+        **obligations,
         "signature.partner": signature_block_html("For Example Research Institute Ltd"),
         "signature.lab": signature_block_html("For Example AI Lab, Inc."),
     }

@@ -11,9 +11,11 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
+import django_filters
 from django.core.exceptions import PermissionDenied
-from django.db.models import F, Prefetch, Q, QuerySet, Sum
+from django.db.models import Case, F, IntegerField, Prefetch, Q, QuerySet, Sum, Value, When
 from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
@@ -34,6 +36,7 @@ from agreements.models import (
     TemplateVersion,
 )
 from core.errors import DomainError
+from core.filters import CreatedRangeFilterSet
 from core.time import next_midnight, utc_iso
 from models_registry.models import Checkpoint
 
@@ -600,6 +603,10 @@ def organization_live_grants(
 
 # --- Obligations ------------------------------------------------------------------------------------
 
+# Who extends a due date (with a reason); auditors read obligations, partners fulfil their own.
+OBLIGATION_MANAGERS = (Role.LAB_ADMIN, Role.LEGAL)
+DUE_SOON_DAYS = Obligation.DUE_SOON_DAYS
+
 
 def overdue_obligation(*, organization: Organization, now: datetime | None = None) -> Obligation | None:
     """The longest-overdue open report obligation that pauses the organisation's access, if any."""
@@ -611,12 +618,14 @@ def overdue_obligation(*, organization: Organization, now: datetime | None = Non
             waived_at=None,
             due_at__lte=now or timezone.now(),
         )
+        .select_related("agreement")
         .order_by("due_at", "pk")
         .first()
     )
 
 
-OBLIGATION_STATES = ("open", "due_soon", "overdue", "fulfilled", "waived")
+# In the order pages group them: what needs doing first.
+OBLIGATION_STATES = tuple(Obligation.STATES)
 
 
 def obligation_list(
@@ -626,27 +635,46 @@ def obligation_list(
     kind: str | None = None,
     state: str | None = None,
     now: datetime | None = None,
+    by_state: bool = False,
 ) -> QuerySet[Obligation]:
-    """Partner users see their organisation's obligations; lab staff every partner's, filterable."""
+    """Partner users see their organisation's obligations; lab staff every partner's, filterable.
+
+    By due date; `by_state` puts them in OBLIGATION_STATES' order first (overdue, due soon, ...), as pages
+    show them. ObligationFilter narrows it, on the obligations page and in the API alike."""
     role = role_of(user)
     if role is None:
         raise Http404
-    obligations = Obligation.objects.select_related("organization", "agreement", "checkpoint", "fulfilled_by")
+    now = now or timezone.now()
+    obligations = Obligation.objects.select_related(
+        "organization", "agreement", "checkpoint", "fulfilled_by", "extended_by"
+    )
     if role in PARTNER_ROLES:
         obligations = obligations.filter(organization_id=user.membership.organization_id)
+    elif role not in LAB_ROLES:
+        raise Http404
     elif organization is not None:
         obligations = obligations.filter(organization=organization)
     if kind:
         obligations = obligations.filter(kind=kind)
     if state:
-        obligations = obligations.filter(obligation_state_q(state, now or timezone.now()))
+        obligations = obligations.filter(obligation_state_q(state, now))
+    if by_state:
+        rank = Case(
+            *(When(obligation_state_q(name, now), then=Value(i)) for i, name in enumerate(OBLIGATION_STATES)),
+            output_field=IntegerField(),
+        )
+        # What is still owed, soonest first; what is done (fulfilled, waived), latest first.
+        owed_due = Case(When(state_rank__lt=OBLIGATION_STATES.index("fulfilled"), then=F("due_at")))
+        return obligations.annotate(state_rank=rank).order_by(
+            "state_rank", owed_due.asc(nulls_last=True), F("due_at").desc(), "-pk"
+        )
     return obligations.order_by("due_at", "pk")
 
 
 def obligation_state_q(state: str, now: datetime) -> Q:
     """The rows in one of OBLIGATION_STATES, as Obligation.state() names them."""
     open_ = Q(fulfilled_at=None, waived_at=None)
-    soon = now + timedelta(days=14)
+    soon = now + timedelta(days=DUE_SOON_DAYS)
     return {
         "fulfilled": ~Q(fulfilled_at=None),
         "waived": Q(fulfilled_at=None) & ~Q(waived_at=None),
@@ -688,3 +716,121 @@ def organizations_in_good_standing(*, now: datetime | None = None) -> QuerySet[O
         .distinct()
         .order_by("name")
     )
+
+
+class ObligationFilter(CreatedRangeFilterSet):
+    """The obligations list's filters: the obligations page's form and GET /api/v1/obligations/'s query
+    parameters. Organisation is for lab staff; a partner's own is the only one it may name."""
+
+    organization = django_filters.ModelChoiceFilter(
+        queryset=Organization.objects.filter(kind=Organization.Kind.PARTNER).order_by("name"),
+        to_field_name="name",
+        empty_label="All organisations",
+        label="Organisation",
+        help_text="A partner organisation's name (lab staff).",
+        error_messages={"invalid_choice": "Choose an organisation from the list."},
+    )
+    kind = django_filters.ChoiceFilter(
+        choices=Obligation.Kind.choices,
+        label="Kind",
+        empty_label="All kinds",
+        error_messages={"invalid_choice": "Choose a kind from the list."},
+    )
+    state = django_filters.ChoiceFilter(
+        choices=list(Obligation.STATES.items()),
+        method="_state",
+        label="State",
+        empty_label="All states",
+        help_text="overdue, due_soon, open, fulfilled or waived.",
+        error_messages={"invalid_choice": "Choose a state from the list."},
+    )
+
+    class Meta:
+        model = Obligation
+        fields = ["organization", "kind", "state", "created_after", "created_before"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        user = getattr(self.request, "user", None)
+        if role_of(user) in PARTNER_ROLES:
+            assert user is not None
+            self.filters["organization"].queryset = Organization.objects.filter(pk=user.membership.organization_id)
+
+    def _state(self, rows: QuerySet[Obligation], name: str, value: str) -> QuerySet[Obligation]:
+        return rows.filter(obligation_state_q(value, timezone.now()))
+
+
+@dataclass(frozen=True)
+class ObligationEntry:
+    """One step in an obligation's life, for its page: what happened, when, and by whom or why."""
+
+    label: str
+    when: datetime
+    detail: str = ""
+
+
+def obligation_timeline(obligation: Obligation) -> list[ObligationEntry]:
+    """What happened to an obligation, in order, from its own fields (each step is also audited)."""
+    entries = [ObligationEntry("Scheduled", obligation.created_at, f"under {obligation.agreement.reference}")]
+    if obligation.reminded_at:
+        entries.append(ObligationEntry("Reminder sent", obligation.reminded_at, "to the partner's people"))
+    if obligation.overdue_at:
+        paused = "; access paused" if obligation.pauses_access else ""
+        entries.append(
+            ObligationEntry("Found overdue", obligation.overdue_at, f"the partner and the lab were told{paused}")
+        )
+    if obligation.extended_at:
+        by = obligation.extended_by.get_full_name() if obligation.extended_by else "the lab"
+        entries.append(
+            ObligationEntry(
+                "Extended",
+                obligation.extended_at,
+                f"by {by} to {obligation.due_at:%Y-%m-%d}: {obligation.extension_reason}",
+            )
+        )
+    if obligation.fulfilled_at:
+        by = obligation.fulfilled_by.get_full_name() if obligation.fulfilled_by else ""
+        late = " (late)" if obligation.fulfilled_late else ""
+        entries.append(
+            ObligationEntry(
+                f"Fulfilled{late}", obligation.fulfilled_at, ", ".join(filter(None, [obligation.fulfilment, by]))
+            )
+        )
+    if obligation.waived_at:
+        entries.append(ObligationEntry("Waived", obligation.waived_at, obligation.waive_reason))
+    return sorted(entries, key=lambda entry: entry.when)
+
+
+HOME_ROWS = 5
+
+
+def obligation_home(*, user: User, now: datetime | None = None) -> dict[str, object]:
+    """What a persona's home page shows about obligations (templates/agreements/_home_obligations.html).
+
+    Partners: whether access is paused and by what, and what is overdue or due soon. Lab staff: how many
+    reports are overdue across partners, and the next ones due.
+    """
+    role = role_of(user)
+    now = now or timezone.now()
+    if role in PARTNER_ROLES:
+        mine = obligation_list(user=user, now=now)
+        attention = mine.filter(obligation_state_q("overdue", now) | obligation_state_q("due_soon", now))
+        return {
+            "obligation_is_lab": False,
+            "obligation_paused_by": overdue_obligation(organization=user.membership.organization, now=now),
+            "obligations_attention": list(attention[:HOME_ROWS]),
+            "obligation_next": mine.filter(obligation_state_q("open", now)).first(),
+        }
+    if role in LAB_ROLES:
+        lab = obligation_list(user=user, now=now)
+        overdue = lab.filter(obligation_state_q("overdue", now), kind__in=Obligation.PAUSING_KINDS)
+        return {
+            "obligation_is_lab": True,
+            "obligations_overdue_count": overdue.count(),
+            "obligations_paused_organizations": overdue.values("organization_id").distinct().count(),
+            "obligations_overdue": list(overdue[:3]),
+            "obligations_upcoming": list(
+                lab.filter(obligation_state_q("due_soon", now) | obligation_state_q("open", now))[:HOME_ROWS]
+            ),
+        }
+    return {}

@@ -20,6 +20,7 @@ from accounts.permissions import REAUTH_WINDOW, require_role, role_of
 from accounts.services import notifications_send
 from agreements import hooks, rendering
 from agreements.models import (
+    OBLIGATION_TERM_RANGES,
     AccessGrant,
     AccessRequest,
     Agreement,
@@ -32,6 +33,7 @@ from agreements.models import (
 )
 from agreements.selectors import (
     AGREEMENT_MANAGERS,
+    OBLIGATION_MANAGERS,
     REQUEST_REVIEWERS,
     SIGNING_STEPS,
     TEMPLATE_EDITORS,
@@ -70,58 +72,151 @@ def _step(agreement: Agreement, step: str) -> None:
 # --- Templates ------------------------------------------------------------------------------------
 
 
-def _check_body(body: str) -> None:
+@dataclass(frozen=True)
+class ObligationTerms:
+    """What a partner owes under agreements made from a version: the numbers its obligations are scheduled
+    from, and which the text states through the `obligations.*` placeholders. None is a term left blank."""
+
+    findings_report_days: int | None
+    incident_report_hours: int | None
+    final_report_days: int | None
+    prepublication_review_days: int | None
+
+    @classmethod
+    def of(cls, version: TemplateVersion) -> ObligationTerms:
+        return cls(**version.obligation_terms)
+
+    @classmethod
+    def defaults(cls) -> ObligationTerms:
+        return cls(**TemplateVersion().obligation_terms)  # the model's field defaults
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {name: getattr(self, name) for name in OBLIGATION_TERM_RANGES}
+
+
+# How each term is named in a message next to its field.
+_TERM_WORDS = {
+    "findings_report_days": ("days", "the findings report (after access starts)"),
+    "incident_report_hours": ("hours", "the incident report window"),
+    "final_report_days": ("days", "the final report (before the term ends)"),
+    "prepublication_review_days": ("days", "the pre-publication review"),
+}
+
+
+def _term_errors(terms: ObligationTerms) -> dict[str, str]:
+    """A message per term outside OBLIGATION_TERM_RANGES (or left blank), by field name."""
+    errors = {}
+    for name, value in terms.as_dict().items():
+        low, high = OBLIGATION_TERM_RANGES[name]
+        unit, what = _TERM_WORDS[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            errors[name] = f"Enter a whole number of {unit} from {low} to {high} for {what}."
+    return errors
+
+
+def _body_errors(body: str) -> list[str]:
     if not body.strip():
-        raise ValidationError({"body": "The template is empty."})
-    problems = rendering.check_template(body)
-    if problems:
-        raise ValidationError({"body": [str(problem) for problem in problems]})
+        return ["The template is empty."]
+    return [str(problem) for problem in rendering.check_template(body)]
+
+
+def _check_draft(body: str, terms: ObligationTerms) -> None:
+    """Refuse a body with problems or terms out of range, naming every field at once."""
+    errors: dict[str, Any] = _term_errors(terms)
+    body_errors = _body_errors(body)
+    if body_errors:
+        errors["body"] = body_errors
+    if errors:
+        raise ValidationError(errors)
+
+
+def _check_publishable(version: TemplateVersion) -> None:
+    """What is published is signed: the text must state every obligation term it schedules."""
+    _check_draft(version.body, ObligationTerms.of(version))
+    missing = rendering.obligation_placeholders_missing(version.body)
+    if missing:
+        names = ", ".join(f"{{{{ {name} }}}}" for name in missing)
+        raise ValidationError(
+            {
+                "body": f"State every obligation term in the text before publishing; it does not mention {names}. "
+                "Agreements schedule these obligations, so the signed document must say them."
+            }
+        )
 
 
 @transaction.atomic
-def template_create(*, actor: User, name: str, body: str, description: str = "") -> TemplateVersion:
-    """A new template with its first draft version."""
+def template_create(
+    *, actor: User, name: str, body: str, description: str = "", terms: ObligationTerms | None = None
+) -> TemplateVersion:
+    """A new template with its first draft version (with the default obligation terms unless given)."""
     require_role(actor, *TEMPLATE_EDITORS)
+    terms = terms or ObligationTerms.defaults()
     name = name.strip()
+    try:
+        _check_draft(body, terms)
+        errors: dict[str, Any] = {}
+    except ValidationError as exc:
+        errors = exc.message_dict
     if not name:
-        raise ValidationError({"name": "Give the template a name."})
-    if AgreementTemplate.objects.filter(name__iexact=name).exists():
-        raise ValidationError({"name": f"A template called {name!r} already exists."})
-    _check_body(body)
+        errors["name"] = "Give the template a name."
+    elif AgreementTemplate.objects.filter(name__iexact=name).exists():
+        errors["name"] = f"A template called {name!r} already exists."
+    if errors:
+        raise ValidationError(errors)
     template = AgreementTemplate.objects.create(name=name, description=description.strip(), created_by=actor)
-    version = TemplateVersion.objects.create(template=template, number=1, body=body, created_by=actor)
-    audit_append(actor=actor, action=events.TEMPLATE_CREATED, target=template, data={"name": name})
+    version = TemplateVersion.objects.create(
+        template=template, number=1, body=body, created_by=actor, **terms.as_dict()
+    )
+    audit_append(
+        actor=actor, action=events.TEMPLATE_CREATED, target=template, data={"name": name, "terms": terms.as_dict()}
+    )
     return version
 
 
 @transaction.atomic
-def template_version_save(*, actor: User, version: TemplateVersion, body: str) -> TemplateVersion:
+def template_version_save(
+    *, actor: User, version: TemplateVersion, body: str, terms: ObligationTerms | None = None
+) -> TemplateVersion:
+    """Save a draft's text and obligation terms (None keeps the terms it has)."""
     require_role(actor, *TEMPLATE_EDITORS)
     version = TemplateVersion.objects.select_for_update().get(pk=version.pk)
     if not version.is_draft:
         raise ValidationError(f"{version} is {version.get_status_display().lower()} and can no longer change.")
-    _check_body(body)
-    if body != version.body:
+    terms = terms or ObligationTerms.of(version)
+    _check_draft(body, terms)
+    changed_terms = {
+        name: {"from": getattr(version, name), "to": value}
+        for name, value in terms.as_dict().items()
+        if getattr(version, name) != value
+    }
+    if body != version.body or changed_terms:
         version.body = body
+        for name, change in changed_terms.items():
+            setattr(version, name, change["to"])
         version.updated_at = timezone.now()
-        version.save(update_fields=["body", "updated_at"])
+        version.save(update_fields=["body", "updated_at", *changed_terms])
         audit_append(
             actor=actor,
             action=events.TEMPLATE_VERSION_SAVED,
             target=version,
-            data={"template": version.template.name, "version": version.number, "length": len(body)},
+            data={
+                "template": version.template.name,
+                "version": version.number,
+                "length": len(body),
+                "terms_changed": changed_terms,
+            },
         )
     return version
 
 
 @transaction.atomic
 def template_version_publish(*, actor: User, version: TemplateVersion) -> TemplateVersion:
-    """Freeze a draft: from now on its body and SHA-256 never change."""
+    """Freeze a draft: from now on its body, obligation terms and SHA-256 never change."""
     require_role(actor, *TEMPLATE_EDITORS)
     version = TemplateVersion.objects.select_for_update().get(pk=version.pk)
     if not version.is_draft:
         raise ValidationError(f"{version} is already {version.get_status_display().lower()}.")
-    _check_body(version.body)
+    _check_publishable(version)
     version.status = TemplateVersion.Status.PUBLISHED
     version.sha256 = rendering.sha256_text(version.body)
     version.published_at = timezone.now()
@@ -131,15 +226,22 @@ def template_version_publish(*, actor: User, version: TemplateVersion) -> Templa
         actor=actor,
         action=events.TEMPLATE_VERSION_PUBLISHED,
         target=version,
-        data={"template": version.template.name, "version": version.number, "sha256": version.sha256},
+        data={
+            "template": version.template.name,
+            "version": version.number,
+            "sha256": version.sha256,
+            "terms": version.obligation_terms,
+        },
     )
     return version
 
 
 @transaction.atomic
-def template_version_save_and_publish(*, actor: User, version: TemplateVersion, body: str) -> TemplateVersion:
-    """Publish exactly the text the editor shows: it is saved and published together, or neither."""
-    version = template_version_save(actor=actor, version=version, body=body)
+def template_version_save_and_publish(
+    *, actor: User, version: TemplateVersion, body: str, terms: ObligationTerms | None = None
+) -> TemplateVersion:
+    """Publish exactly the text and terms the editor shows: saved and published together, or neither."""
+    version = template_version_save(actor=actor, version=version, body=body, terms=terms)
     return template_version_publish(actor=actor, version=version)
 
 
@@ -153,8 +255,10 @@ def template_version_new_draft(*, actor: User, template: AgreementTemplate) -> T
         return existing
     latest = template.versions.order_by("-number").first()
     number = (template.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+    # The next draft starts from the latest text and terms: legal changes what differs.
+    terms = ObligationTerms.of(latest) if latest else ObligationTerms.defaults()
     version = TemplateVersion.objects.create(
-        template=template, number=number, body=latest.body if latest else "", created_by=actor
+        template=template, number=number, body=latest.body if latest else "", created_by=actor, **terms.as_dict()
     )
     audit_append(
         actor=actor,
@@ -575,6 +679,8 @@ def _end(*, actor: User | None, agreement: Agreement, step: str, action: str, re
     agreement.save(update_fields=["status", "ended_at", "end_reason"])
     audit_append(actor=actor, action=action, target=agreement, data={"reason": reason})
     grants_revoke_for_agreement(agreement=agreement, actor=actor, reason=f"agreement {agreement.reference} {reason}")
+    if step != "supersede":  # the amendment that supersedes it takes its open obligations over
+        _obligations_waive_for_ended(agreement=agreement, actor=actor)
     hooks.agreement_milestone(agreement, "ended")
     return agreement
 
@@ -1050,7 +1156,7 @@ def access_request_reject(*, actor: User, access_request: AccessRequest, reason:
 
 # --- Obligations: scheduled when an agreement becomes active, fulfilled by reports, extended by the lab ---
 
-OBLIGATION_MANAGERS = (Role.LAB_ADMIN, Role.LEGAL)
+MAX_EXTENSION_DAYS = 365
 
 
 def _obligation_create(
@@ -1072,8 +1178,18 @@ def _obligation_create(
     )
 
 
-def _iso_or_none(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+def _obligation_waive(obligation: Obligation, *, actor: User | None, reason: str, now: datetime) -> None:
+    """Nothing is owed any more (a replaced final report, a report not yet due when the agreement ended)."""
+    obligation.waived_at = now
+    obligation.waive_reason = reason[:300]
+    obligation.save(update_fields=["waived_at", "waive_reason"])
+    audit_append(
+        actor=actor,
+        action=events.OBLIGATION_WAIVED,
+        target=obligation,
+        organization=obligation.organization,
+        data={"obligation": obligation.reference, "due_at": obligation.due_at.isoformat(), "reason": reason},
+    )
 
 
 @transaction.atomic
@@ -1085,19 +1201,20 @@ def obligations_schedule(
     A findings report falls due N days after each checkpoint's grant starts (once per checkpoint: an
     amendment that grants gpt2 again does not restart the clock), and a final report D days before the
     term ends. An amendment that replaces its agreement takes over the open findings reports and brings
-    its own final report, so the replaced one is waived.
+    its own final report, so the replaced one is waived. A checkpoint released to the public is owed no
+    findings report: there is no further stage for the lab to decide on.
     """
     version = agreement.template_version
     organization = agreement.organization
+    now = timezone.now()
     moved: list[str] = []
     if superseded is not None:
         for old in Obligation.objects.select_for_update().filter(
             agreement=superseded, fulfilled_at=None, waived_at=None
         ):
             if old.kind == Obligation.Kind.FINAL_REPORT:
-                old.waived_at = timezone.now()
-                old.waive_reason = f"replaced by the final report under {agreement.reference}"
-                old.save(update_fields=["waived_at", "waive_reason"])
+                reason = f"replaced by the final report under {agreement.reference}"
+                _obligation_waive(old, actor=actor, reason=reason, now=now)
             else:
                 old.agreement = agreement
                 old.save(update_fields=["agreement"])
@@ -1108,7 +1225,8 @@ def obligations_schedule(
         )
     )
     created = []
-    for grant in agreement.grants.select_related("checkpoint").order_by("checkpoint__parameter_count"):
+    grants = agreement.grants.filter(checkpoint__public_since=None).select_related("checkpoint")
+    for grant in grants.order_by("checkpoint__parameter_count"):
         if grant.checkpoint_id in reported:
             continue
         created.append(
@@ -1146,8 +1264,23 @@ def obligations_schedule(
     return created
 
 
+def _obligations_waive_for_ended(*, agreement: Agreement, actor: User | None) -> None:
+    """An agreement ended (terminated, expired): what was not yet due is no longer owed, so nobody is
+    reminded of it or paused by it. A report already overdue stays owed: it was due while the agreement
+    was in force."""
+    now = timezone.now()
+    pending = Obligation.objects.select_for_update().filter(
+        agreement=agreement, fulfilled_at=None, waived_at=None, due_at__gt=now
+    )
+    reason = f"{agreement.reference} ended ({agreement.get_status_display().lower()}) before it was due"
+    for obligation in pending.select_related("organization"):
+        _obligation_waive(obligation, actor=actor, reason=reason, now=now)
+
+
 def _lock_open(obligation: Obligation) -> Obligation:
-    obligation = Obligation.objects.select_for_update().select_related("organization").get(pk=obligation.pk)
+    obligation = (
+        Obligation.objects.select_for_update().select_related("organization", "agreement").get(pk=obligation.pk)
+    )
     if not obligation.is_open:
         state = "fulfilled" if obligation.fulfilled_at else "waived"
         raise ValidationError(f"{obligation.reference} is already {state}.")
@@ -1157,9 +1290,12 @@ def _lock_open(obligation: Obligation) -> Obligation:
 @transaction.atomic
 def obligation_fulfil(*, actor: User, obligation: Obligation, fulfilment: str) -> Obligation:
     """Mark a report obligation met (a finding that says it fulfils it). Access paused by it resumes."""
-    obligation = _lock_open(obligation)
     if role_of(actor) not in PARTNER_ROLES or actor.membership.organization_id != obligation.organization_id:
         raise PermissionDenied("Only the organisation that owes a report fulfils it.")
+    fulfilment = fulfilment.strip()
+    if not fulfilment:
+        raise ValidationError("Say what fulfils the obligation (a finding's reference).")
+    obligation = _lock_open(obligation)
     now = timezone.now()
     was_overdue = obligation.is_overdue(now)
     obligation.fulfilled_at = now
@@ -1220,23 +1356,34 @@ def obligation_record_kept(
     return obligation
 
 
-MAX_EXTENSION_DAYS = 365
-
-
 @transaction.atomic
-def obligation_extend(*, actor: User, obligation: Obligation, due_on: date, reason: str) -> Obligation:
-    """The lab moves a due date later, with a reason the partner and auditors read; access paused by it resumes."""
+def obligation_extend(*, actor: User, obligation: Obligation, due_on: date | None, reason: str) -> Obligation:
+    """The lab moves a due date later, with a reason the partner and auditors read; access paused by it resumes.
+
+    The new date is a UTC day: the report is due at its start (00:00 UTC), as scheduled ones are.
+    """
     require_role(actor, *OBLIGATION_MANAGERS)
-    reason = clean_reason(reason, required=True, what="the partner and auditors see it")
     obligation = _lock_open(obligation)
     now = timezone.now()
-    new_due = day_start(due_on)
-    if new_due <= obligation.due_at or new_due <= now:
-        raise ValidationError(
-            {"due_on": f"Choose a day after the current due date ({obligation.due_at:%Y-%m-%d}) and after today."}
+    errors: dict[str, str] = {}
+    try:
+        reason = clean_reason(reason, required=True, what="the partner and auditors see it")
+    except ValidationError as exc:
+        errors.update({field: " ".join(messages) for field, messages in exc.message_dict.items()})
+    new_due = day_start(due_on) if due_on is not None else None
+    if new_due is None:
+        errors["due_on"] = "Choose the new due date."
+    elif new_due <= obligation.due_at or new_due <= now:
+        earliest = max(obligation.due_at, now).astimezone(UTC).date() + timedelta(days=1)
+        errors["due_on"] = (
+            f"Choose a day after the current due date ({obligation.due_at:%Y-%m-%d}) and after today: "
+            f"{earliest:%Y-%m-%d} or later."
         )
-    if new_due > now + timedelta(days=MAX_EXTENSION_DAYS):
-        raise ValidationError({"due_on": f"An extension reaches at most {MAX_EXTENSION_DAYS} days ahead."})
+    elif new_due > now + timedelta(days=MAX_EXTENSION_DAYS):
+        errors["due_on"] = f"An extension reaches at most {MAX_EXTENSION_DAYS} days ahead."
+    if errors:
+        raise ValidationError(errors)
+    assert new_due is not None
     was_overdue = obligation.is_overdue(now)
     previous = obligation.due_at
     obligation.due_at = new_due
@@ -1258,6 +1405,7 @@ def obligation_extend(*, actor: User, obligation: Obligation, due_on: date, reas
             "from": previous.isoformat(),
             "to": new_due.isoformat(),
             "reason": reason,
+            "was_overdue": was_overdue,
         },
     )
     if was_overdue and obligation.pauses_access:
@@ -1296,7 +1444,7 @@ def _notify_obligation(
         kind=kind,
         title=title,
         body=body,
-        url=reverse("obligation_list"),
+        url=reverse("obligation_detail", args=[obligation.pk]),
         dedupe_key=f"obligation.{occasion}:{obligation.pk}",
     )
 
@@ -1315,8 +1463,10 @@ def _notify_access_resumed(obligation: Obligation, how: str) -> None:
 @transaction.atomic
 def obligation_remind(*, obligation: Obligation, now: datetime) -> bool:
     """Tell the partner a report is due soon, once per due date; False when that was done or it is met."""
-    obligation = Obligation.objects.select_for_update().select_related("organization").get(pk=obligation.pk)
-    if not obligation.is_open or obligation.reminded_at is not None:
+    obligation = (
+        Obligation.objects.select_for_update().select_related("organization", "agreement").get(pk=obligation.pk)
+    )
+    if not obligation.is_open or obligation.reminded_at is not None or obligation.due_at <= now:
         return False
     obligation.reminded_at = now
     obligation.save(update_fields=["reminded_at"])
@@ -1379,18 +1529,22 @@ def obligation_mark_overdue(*, obligation: Obligation, now: datetime) -> bool:
 
 
 def obligations_check_due(*, now: datetime | None = None) -> dict[str, list[str]]:
-    """Beat: remind partners of reports due within OBLIGATION_REMINDER_DAYS, and record the ones that lapsed."""
+    """Beat: remind partners of reports due within OBLIGATION_REMINDER_DAYS, and record the ones that lapsed.
+
+    Each obligation is its own transaction, so one that fails does not hold back the others; a second
+    run finds them reminded or marked and does nothing.
+    """
     now = now or timezone.now()
     open_ = Obligation.objects.filter(fulfilled_at=None, waived_at=None)
     soon = now + timedelta(days=settings.OBLIGATION_REMINDER_DAYS)
     reminded = [
         o.reference
-        for o in open_.filter(reminded_at=None, due_at__gt=now, due_at__lte=soon)
+        for o in open_.filter(reminded_at=None, due_at__gt=now, due_at__lte=soon).order_by("due_at", "pk")
         if obligation_remind(obligation=o, now=now)
     ]
     overdue = [
         o.reference
-        for o in open_.filter(overdue_at=None, due_at__lte=now)
+        for o in open_.filter(overdue_at=None, due_at__lte=now).order_by("due_at", "pk")
         if obligation_mark_overdue(obligation=o, now=now)
     ]
     return {"reminded": reminded, "overdue": overdue}

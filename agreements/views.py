@@ -8,11 +8,13 @@ names, or as a message when it names none.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -36,13 +38,23 @@ from agreements.forms import (
     AgreementFilterForm,
     AgreementForm,
     DiffForm,
+    ObligationExtendForm,
+    ObligationTermsForm,
     ReasonForm,
     RejectForm,
     SignForm,
     TemplateCreateForm,
     TemplateVersionForm,
 )
-from agreements.models import AccessRequest, Agreement, AgreementTemplate, Signature, TemplateVersion
+from agreements.models import (
+    OBLIGATION_TERM_RANGES,
+    AccessRequest,
+    Agreement,
+    AgreementTemplate,
+    Obligation,
+    Signature,
+    TemplateVersion,
+)
 from audit.middleware import client_ip
 from models_registry import selectors as registry_selectors
 from models_registry.forms import CheckpointStatusForm
@@ -80,21 +92,45 @@ def _can_manage_agreements(user: User) -> bool:
 # --- Templates --------------------------------------------------------------------------------------
 
 
-def _editor_context(body: str) -> dict[str, object]:
+def _editor_context(body: str, terms: Mapping[str, int | None]) -> dict[str, object]:
     """The placeholder list and the first preview, so the page is complete before any keystroke."""
     return {
         "placeholders": list(rendering.PLACEHOLDERS.items()),
-        **_preview_context(body, editing=True),
+        **_preview_context(body, terms, editing=True),
     }
 
 
-def _preview_context(body: str, *, editing: bool = False) -> dict[str, object]:
+def _preview_context(body: str, terms: Mapping[str, int | None], *, editing: bool = False) -> dict[str, object]:
     return {
         "editing": editing,
         # render_markdown returns sanitised HTML with every value escaped.
-        "preview_html": mark_safe(rendering.render_markdown(body, rendering.sample_values())),
+        "preview_html": mark_safe(rendering.render_markdown(body, rendering.sample_values(terms))),
         "problems": rendering.check_template(body),
+        # Saving allows them; publishing needs every one, so the editor says so before legal tries.
+        "unstated_terms": rendering.obligation_placeholders_missing(body) if editing and body.strip() else [],
     }
+
+
+def _typed_terms(form: ObligationTermsForm) -> dict[str, int | None]:
+    """The terms as typed (a bound form) or as they are (unbound), each None where it is not a whole number."""
+    if not form.is_bound:
+        return {name: form.initial.get(name) for name in OBLIGATION_TERM_RANGES}
+    values: dict[str, int | None] = {}
+    for name in OBLIGATION_TERM_RANGES:
+        try:
+            values[name] = form.fields[name].clean(form[name].data)
+        except ValidationError:
+            values[name] = None
+    return values
+
+
+def _term_rows(version: TemplateVersion) -> list[dict[str, object]]:
+    """The version's obligation terms as a published page lists them (label, value, placeholder)."""
+    form = ObligationTermsForm()
+    return [
+        {"label": form.fields[name].label, "value": value, "placeholder": f"obligations.{name}", "name": name}
+        for name, value in version.obligation_terms.items()
+    ]
 
 
 @login_required
@@ -107,16 +143,24 @@ def template_list(request: HttpRequest) -> HttpResponse:
 @login_required
 def template_create(request: HttpRequest) -> HttpResponse:
     require_role(request.user, *selectors.TEMPLATE_EDITORS)
-    form = TemplateCreateForm(_posted(request), initial={"body": default_template_body()})
+    initial = {"body": default_template_body(), **ObligationTermsForm.initial_for(None)}
+    form = TemplateCreateForm(_posted(request), initial=initial)
     if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
         try:
-            version = services.template_create(actor=request_user(request), **form.cleaned_data)
+            version = services.template_create(
+                actor=request_user(request),
+                name=data["name"],
+                description=data["description"],
+                body=data["body"],
+                terms=form.terms(),
+            )
         except ValidationError as exc:
             apply_validation_error(form, exc)
         else:
             messages.success(request, f"{version.template.name} created with draft {version.label}.")
             return redirect("template_version", pk=version.pk)
-    context = {"form": form, **_editor_context(_normalised(form["body"].value()))}
+    context = {"form": form, **_editor_context(_normalised(form["body"].value()), _typed_terms(form))}
     return render(request, "agreements/template_form.html", context, status=400 if form.errors else 200)
 
 
@@ -153,16 +197,19 @@ def template_version_detail(request: HttpRequest, pk: int) -> HttpResponse:
         require_role(request.user, *selectors.TEMPLATE_EDITORS)
         messages.error(request, f"{version} is {version.get_status_display().lower()} and can no longer change.")
         return redirect("template_version", pk=version.pk)
-    form = TemplateVersionForm(_posted(request), initial={"body": version.body}) if editable else None
+    initial = {"body": version.body, **ObligationTermsForm.initial_for(version)}
+    form = TemplateVersionForm(_posted(request), initial=initial) if editable else None
     if form is not None and request.method == "POST" and form.is_valid():
         try:
-            # Publish saves the text on screen first: what legal sees is what is published.
+            # Publish saves the text and terms on screen first: what legal sees is what is published.
             save = (
                 services.template_version_save_and_publish
                 if "publish" in request.POST
                 else services.template_version_save
             )
-            version = save(actor=request_user(request), version=version, body=form.cleaned_data["body"])
+            version = save(
+                actor=request_user(request), version=version, body=form.cleaned_data["body"], terms=form.terms()
+            )
         except ValidationError as exc:
             apply_validation_error(form, exc)
         else:
@@ -184,7 +231,12 @@ def template_version_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "form": form,
         "can_edit": can_edit,
         "compare": compare,
-        **(_editor_context(body) if editable else _preview_context(version.body)),
+        "term_rows": _term_rows(version),
+        **(
+            _editor_context(body, _typed_terms(form))
+            if form is not None
+            else _preview_context(version.body, version.obligation_terms)
+        ),
     }
     return render(request, "agreements/version_detail.html", context, status=400 if form and form.errors else 200)
 
@@ -196,7 +248,7 @@ def template_preview(request: HttpRequest) -> HttpResponse:
     require_role(request.user, *selectors.TEMPLATE_EDITORS)
     form = TemplateVersionForm(request.POST)
     body = form.cleaned_data["body"] if form.is_valid() else ""
-    return render(request, "agreements/_preview.html", _preview_context(body, editing=True))
+    return render(request, "agreements/_preview.html", _preview_context(body, _typed_terms(form), editing=True))
 
 
 @login_required
@@ -267,6 +319,7 @@ def template_diff(request: HttpRequest, pk: int) -> HttpResponse:
     context = {
         "template": template,
         "form": shown,
+        "term_changes": _term_changes(left, right) if left and right else [],
         "rows": rows,
         "left": left,
         "right": right,
@@ -276,6 +329,15 @@ def template_diff(request: HttpRequest, pk: int) -> HttpResponse:
         "collapsed_query": urlencode({k: v for k, v in request.GET.dict().items() if k != "context"}),
     }
     return render(request, "agreements/template_diff.html", context, status=400 if shown and shown.errors else 200)
+
+
+def _term_changes(left: TemplateVersion, right: TemplateVersion) -> list[dict[str, object]]:
+    """The obligation terms that differ between two versions, as the comparison lists them."""
+    return [
+        {**row, "left": left.obligation_terms[str(row["name"])]}
+        for row in _term_rows(right)
+        if left.obligation_terms[str(row["name"])] != row["value"]
+    ]
 
 
 # --- Agreements -------------------------------------------------------------------------------------
@@ -416,6 +478,8 @@ def _render_detail(
         "signatures": signatures,
         "timeline": _timeline(agreement),
         "amendments": selectors.agreement_list(user=request_user(request)).filter(amends=agreement),
+        # What the agreement asks of its partner (scheduled when it became active; taken over by amendments).
+        "obligations": selectors.obligation_list(user=request_user(request)).filter(agreement=agreement),
         "can_manage": manager,
         "is_lab": role in LAB_ROLES,
         "can_edit": manager and agreement.is_editable,
@@ -767,3 +831,107 @@ def access_request_reject(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, " ".join(form.non_field_errors()))  # type: ignore[arg-type]  # messages are str
         return redirect("access_request_list")
     return access_request_list(request, reject_forms={access_request.pk: form})
+
+
+# --- Obligations ----------------------------------------------------------------------------------------
+
+OBLIGATIONS_PER_PAGE = 50
+
+
+def _finding_create_url(obligation: Obligation | None = None) -> str:
+    """Where a partner submits a finding (the research app's form), set to fulfil `obligation` if given."""
+    try:
+        path = reverse("finding_create")
+    except NoReverseMatch:  # the research app's pages are not installed
+        path = "/findings/new/"
+    return f"{path}?{urlencode({'obligation': obligation.pk})}" if obligation else path
+
+
+@login_required
+def obligation_list(request: HttpRequest) -> HttpResponse:
+    """Partners: their organisation's obligations, and a banner while one pauses access. Lab staff: every
+    partner's, filtered by organisation, kind and state. Grouped by state, what needs doing first."""
+    user = request_user(request)
+    role = role_of(user)
+    filters = selectors.ObligationFilter(
+        request.GET or None, queryset=selectors.obligation_list(user=user, by_state=True), request=request
+    )
+    form = filters.form
+    is_partner = role in PARTNER_ROLES
+    if is_partner:
+        del form.fields["organization"]  # partners only ever see their own
+    obligations = filters.qs.none() if form.errors else filters.qs
+    page = Paginator(obligations, OBLIGATIONS_PER_PAGE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    paused_by = selectors.overdue_obligation(organization=user.membership.organization) if is_partner else None
+    context = {
+        "form": form,
+        "page": page,
+        "query": query.urlencode(),
+        "is_partner": is_partner,
+        "filtered": bool(filters.is_bound and any(form.data.get(name) for name in form.fields)),
+        "paused_by": paused_by,
+        "fulfil_url": _finding_create_url(paused_by) if paused_by else None,
+        "new_finding_url": _finding_create_url(),
+    }
+    return render(request, "agreements/obligation_list.html", context, status=400 if form.errors else 200)
+
+
+def _render_obligation(
+    request: HttpRequest, obligation: Obligation, *, extend_form: ObligationExtendForm | None = None, status: int = 200
+) -> HttpResponse:
+    role = role_of(request.user)
+    can_extend = role in selectors.OBLIGATION_MANAGERS and obligation.is_open
+    now = timezone.now()
+    context = {
+        "obligation": obligation,
+        "state": obligation.state(now),
+        "timeline": selectors.obligation_timeline(obligation),
+        "is_partner": role in PARTNER_ROLES,
+        "is_lab": role in LAB_ROLES,
+        "can_extend": can_extend,
+        "extend_form": extend_form or (ObligationExtendForm() if can_extend else None),
+        "fulfil_url": _finding_create_url(obligation)
+        if role in PARTNER_ROLES and obligation.is_open and obligation.pauses_access
+        else None,
+        "reminder_days": settings.OBLIGATION_REMINDER_DAYS,
+        "now": now,
+    }
+    return render(request, "agreements/obligation_detail.html", context, status=status)
+
+
+@login_required
+def obligation_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    obligation = selectors.obligation_get(user=request_user(request), pk=pk)
+    return _render_obligation(request, obligation)
+
+
+@login_required
+@require_POST
+def obligation_extend(request: HttpRequest, pk: int) -> HttpResponse:
+    """Legal or a lab admin moves the due date later with a reason; auditors and partners are refused (403)."""
+    obligation = selectors.obligation_get(user=request_user(request), pk=pk)
+    require_role(request.user, *selectors.OBLIGATION_MANAGERS)
+    form = ObligationExtendForm(request.POST)
+    if form.is_valid():
+        try:
+            obligation = services.obligation_extend(
+                actor=request_user(request),
+                obligation=obligation,
+                due_on=form.cleaned_data["due_on"],
+                reason=form.cleaned_data["reason"],
+            )
+        except ValidationError as exc:
+            if not hasattr(exc, "error_dict"):  # fulfilled or waived meanwhile: nothing left to extend
+                messages.error(request, _error_text(exc))
+                return redirect("obligation_detail", pk=obligation.pk)
+            apply_validation_error(form, exc)
+        else:
+            messages.success(
+                request,
+                f"{obligation.reference} extended to {obligation.due_at:%Y-%m-%d}. "
+                f"{obligation.organization.name} has been told why.",
+            )
+            return redirect("obligation_detail", pk=obligation.pk)
+    return _render_obligation(request, obligation, extend_form=form, status=400)

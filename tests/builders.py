@@ -101,10 +101,17 @@ def active(legal, signer_a, sent) -> Agreement:
 
 # --- from models_registry ---------------------------------------------------------------------------
 
+# A version is published only when its text states every obligation term: append this to a short body.
+OBLIGATION_TERMS_CLAUSE = (
+    "\nFindings on each checkpoint are due {{ obligations.findings_report_days }} days after access starts, the "
+    "final report {{ obligations.final_report_days }} days before the end; incidents are reported within "
+    "{{ obligations.incident_report_hours }} hours and papers shared {{ obligations.prepublication_review_days }} "
+    "days before publication.\n"
+)
 TEMPLATE_BODY = (
     "# Model-sharing agreement\n\n{{ organization.legal_name }} may use {{ checkpoints }} for {{ purpose }} "
     "from {{ effective_date }} for {{ term_months }} months, up to {{ daily_token_quota }} tokens a day.\n"
-)
+) + OBLIGATION_TERMS_CLAUSE
 PURPOSE = "Measuring how often GPT-2 samples are mistaken for human-written news articles."
 
 

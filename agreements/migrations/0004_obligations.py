@@ -98,12 +98,12 @@ class Migration(migrations.Migration):
             model_name="templateversion",
             constraint=models.CheckConstraint(
                 condition=models.Q(
-                    ("final_report_days__gte", 1),
-                    ("findings_report_days__gte", 1),
-                    ("incident_report_hours__gte", 1),
-                    ("prepublication_review_days__gte", 1),
+                    ("final_report_days__range", (1, 365)),
+                    ("findings_report_days__range", (1, 365)),
+                    ("incident_report_hours__range", (1, 720)),
+                    ("prepublication_review_days__range", (1, 365)),
                 ),
-                name="template_obligation_terms_positive",
+                name="template_obligation_terms_in_range",
             ),
         ),
         migrations.AddField(

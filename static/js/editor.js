@@ -69,12 +69,19 @@
   document.body.addEventListener("htmx:afterSwap", function (event) {
     if (event.detail.target && event.detail.target.id === "preview") follow();
   });
-  // "Unsaved changes" while the text on screen differs from the stored draft. (Publishing always
+  // "Unsaved changes" while the text (or a term) on screen differs from the stored draft. (Publishing always
   // saves the text on screen first: what legal sees is what is published.) After a refused save the
   // text on screen is not what is stored, whatever is typed next.
-  var saved = area.hasAttribute("data-unsaved-on-load") ? null : area.value;
-  area.addEventListener("input", function () {
-    var dirty = area.value !== saved;
+  // The obligation terms beside the text count too.
+  var terms = Array.prototype.slice.call(document.querySelectorAll(".obligation-terms input"));
+  function snapshot() {
+    return area.value + "\u0000" + terms.map(function (input) { return input.value; }).join("\u0000");
+  }
+  var saved = area.hasAttribute("data-unsaved-on-load") ? null : snapshot();
+  function markDirty() {
+    var dirty = snapshot() !== saved;
     document.querySelectorAll("[data-unsaved]").forEach(function (el) { el.hidden = !dirty; });
-  });
+  }
+  area.addEventListener("input", markDirty);
+  terms.forEach(function (input) { input.addEventListener("input", markDirty); });
 })();

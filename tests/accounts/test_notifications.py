@@ -109,7 +109,17 @@ def test_settings_refuse_a_kind_the_person_does_not_receive_and_audit_a_change(r
     with pytest.raises(ValidationError, match="access_request_received is not a notification you receive"):
         services.notification_settings_set(actor=researcher_a, enabled=[NotificationKind.ACCESS_REQUEST_RECEIVED])
     off = services.notification_settings_set(actor=researcher_a, enabled=[NotificationKind.ACCESS_REQUEST_DECIDED])
-    assert off == sorted([NotificationKind.CHECKPOINT_EMBARGOED, NotificationKind.JOB_CANCELLED])
+    # Every other optional kind a researcher receives; access being paused (essential) cannot be switched off.
+    assert off == sorted(
+        [
+            NotificationKind.CHECKPOINT_EMBARGOED,
+            NotificationKind.JOB_CANCELLED,
+            NotificationKind.OBLIGATION_DUE,
+            NotificationKind.FINDING_REVIEWED,
+            NotificationKind.RELEASE_DECIDED,
+        ]
+    )
+    assert NotificationKind.ACCESS_PAUSED not in off
     event = AuditEvent.objects.get(action="user.notification_settings_changed")
     assert event.data["switched_off"] == off
     services.notification_settings_set(actor=researcher_a, enabled=[NotificationKind.ACCESS_REQUEST_DECIDED])
@@ -177,11 +187,16 @@ def test_the_settings_page_switches_off_an_optional_kind(client, researcher_a):
     assert "Notification settings" in page
     assert "A checkpoint your organisation holds is withdrawn" in page  # listed as always on
     assert 'value="checkpoint_withdrawn"' not in page  # and offered no checkbox
-    response = client.post(
-        reverse("notification_settings"),
-        {"enabled": [NotificationKind.ACCESS_REQUEST_DECIDED, NotificationKind.CHECKPOINT_EMBARGOED]},
-        follow=True,
-    )
+    keep_on = [
+        NotificationKind.ACCESS_REQUEST_DECIDED,
+        NotificationKind.CHECKPOINT_EMBARGOED,
+        NotificationKind.OBLIGATION_DUE,
+        NotificationKind.FINDING_REVIEWED,
+        NotificationKind.RELEASE_DECIDED,
+    ]
+    assert f'value="{NotificationKind.OBLIGATION_DUE}"' in page  # a reminder of a report due can be switched off
+    assert 'value="access_paused"' not in page  # being paused for an overdue one cannot
+    response = client.post(reverse("notification_settings"), {"enabled": keep_on}, follow=True)
     assert "1 kind of notification switched off." in text_of(response)
     assert list(NotificationOptOut.objects.filter(user=researcher_a).values_list("kind", flat=True)) == [
         NotificationKind.JOB_CANCELLED

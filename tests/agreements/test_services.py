@@ -19,7 +19,7 @@ from agreements.tasks import notify_signatories
 from audit.models import AuditEvent
 from audit.selectors import audit_chain_verify
 from models_registry.models import Checkpoint
-from tests.builders import DEFAULT_TEMPLATE, draft_agreement, sign
+from tests.builders import DEFAULT_TEMPLATE, OBLIGATION_TERMS_CLAUSE, draft_agreement, sign
 
 pytestmark = pytest.mark.django_db
 
@@ -81,7 +81,7 @@ def test_raw_html_and_script_links_never_reach_the_document(legal, partner_a, si
     body = (
         "# Agreement\n\n<script>alert(1)</script>\n\n[click](javascript:alert(1))\n\n"
         "<img src=x onerror=alert(1)>\n\nBetween {{ lab.legal_name }} and {{ organization.legal_name }}.\n"
-    )
+    ) + OBLIGATION_TERMS_CLAUSE
     version = services.template_version_publish(
         actor=legal, version=services.template_create(actor=legal, name="Hostile", body=body)
     )

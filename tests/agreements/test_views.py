@@ -19,6 +19,7 @@ from django.utils.html import escape
 from agreements import services
 from agreements.models import Agreement, AgreementTemplate, Signature, TemplateVersion
 from models_registry.models import Checkpoint
+from tests.builders import OBLIGATION_TERMS_CLAUSE
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -308,7 +309,8 @@ def test_template_injection_is_refused_at_save_with_its_line_number(client, lega
 def test_raw_html_in_a_template_never_reaches_the_document(client, legal, partner_a, signer_a, injection):
     client.force_login(legal)
     client.post(
-        reverse("template_create"), {"name": "T", "body": f"# T\n\n{injection}\n\n{{{{ signature.partner }}}}\n"}
+        reverse("template_create"),
+        {"name": "T", "body": f"# T\n\n{injection}\n\n{{{{ signature.partner }}}}\n{OBLIGATION_TERMS_CLAUSE}"},
     )
     version = TemplateVersion.objects.get(template__name="T")
     client.post(reverse("template_version_publish", args=[version.pk]))
@@ -378,7 +380,10 @@ def test_retired_versions_are_not_offered_for_new_agreements(client, legal, part
 def test_a_diff_shows_the_changes_first_and_counts_only_lines_with_text(client, legal):
     clauses = "".join(f"**{n}.** Clause {n} of the agreement.\n\n" for n in range(1, 61))
     v1 = services.template_version_publish(
-        actor=legal, version=services.template_create(actor=legal, name="Long", body=f"# Long\n\n{clauses}")
+        actor=legal,
+        version=services.template_create(
+            actor=legal, name="Long", body=f"# Long\n\n{clauses}{OBLIGATION_TERMS_CLAUSE}"
+        ),
     )
     v2 = services.template_version_new_draft(actor=legal, template=v1.template)
     changed = v1.body.replace("Clause 50 of", "Clause fifty of") + "\n\n\nA closing line.\n"

@@ -15,6 +15,7 @@ from agreements import services
 from agreements.models import Agreement, Signature, TemplateVersion
 from models_registry.models import Checkpoint
 from tests.browser.conftest import DESKTOP, PHONE, TIMEOUT_MS, login, screenshot
+from tests.builders import OBLIGATION_TERMS_CLAUSE
 from tests.conftest import PASSWORD
 
 # Partner A and its signatory exist; so do the GPT-2 checkpoints (re-created here because a
@@ -227,7 +228,7 @@ def test_versions_diff_lists_and_decline_pages_work_on_desktop_and_phone(
     body = (
         "# Short agreement\n\nBetween {{ lab.legal_name }} and {{ organization.legal_name }}.\n\n"
         "The licence is non-exclusive.\n\n{{ checkpoints }}\n\n{{ signature.partner }}\n"
-    )
+    ) + OBLIGATION_TERMS_CLAUSE
     v1 = services.template_version_publish(
         actor=legal, version=services.template_create(actor=legal, name="Short agreement", body=body)
     )
@@ -301,7 +302,9 @@ def test_versions_diff_lists_and_decline_pages_work_on_desktop_and_phone(
 def test_publishing_publishes_the_text_on_screen_after_asking_and_retiring_asks_first(page, live_server, legal):
     v1 = services.template_version_publish(
         actor=legal,
-        version=services.template_create(actor=legal, name="Short agreement", body="# Short\n\nFor {{ purpose }}.\n"),
+        version=services.template_create(
+            actor=legal, name="Short agreement", body="# Short\n\nFor {{ purpose }}.\n" + OBLIGATION_TERMS_CLAUSE
+        ),
     )
     draft = services.template_version_new_draft(actor=legal, template=v1.template)
     login(page, live_server, legal.email)

@@ -10,7 +10,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
 from agreements import services as access
-from agreements.models import AccessGrant, AccessRequest, Agreement
+from agreements.models import AccessGrant, AccessRequest, Agreement, Obligation
 from agreements.selectors import access_check
 from agreements.tasks import revoke_expired_grants
 from audit import events
@@ -19,7 +19,7 @@ from inference import services as jobs
 from inference.models import GenerationJob
 from models_registry import services
 from models_registry.models import Checkpoint
-from tests.builders import PURPOSE, make_job, months_ago
+from tests.builders import PURPOSE, make_job, months_ago, signatory_of
 
 pytestmark = pytest.mark.django_db
 
@@ -305,6 +305,13 @@ def test_a_decided_request_cannot_be_decided_again(legal, researcher_a, checkpoi
 def test_grants_expire_at_the_agreement_end_not_before(partner_a, checkpoints, make_agreement):
     agreement = make_agreement(partner_a, ["gpt2"], effective=timezone.now().date() - timedelta(days=1))
     grant = agreement.grants.get()
+    # The partner delivers the findings report and the final report the agreement asks for: only the
+    # term decides (an overdue report would pause access before the end; tests/agreements/test_obligations.py).
+    signatory = signatory_of(partner_a)
+    reports = agreement.obligations.order_by("due_at")
+    assert [o.kind for o in reports] == [Obligation.Kind.FINDINGS_REPORT, Obligation.Kind.FINAL_REPORT]
+    for report in reports:
+        access.obligation_fulfil(actor=signatory, obligation=report, fulfilment=f"report on {report.description}")
     just_before = grant.ends_at - timedelta(seconds=1)
     assert access_check(organization=partner_a, checkpoint=checkpoints["gpt2"], now=just_before).allowed
     late = access_check(organization=partner_a, checkpoint=checkpoints["gpt2"], now=grant.ends_at)
