@@ -10,10 +10,14 @@ from agreements.api import (
     AgreementListApi,
     CheckpointListApi,
     GrantListApi,
+    ObligationListApi,
 )
 from core.api import not_found
 from inference.api import JobCancelApi, JobDetailApi, JobListCreateApi
 from records.api import AgreementPdfApi, AuditEventListApi, AuditVerifyApi, RecordVerifyApi
+from research.api.findings import FindingDetailApi, FindingListCreateApi
+from research.api.incidents import IncidentListCreateApi
+from research.api.releases import StageReviewApi
 from webhooks.api import (
     DeliveryResendApi,
     WebhookDeliveryListApi,
@@ -32,9 +36,14 @@ v1 = [
     path("grants/", GrantListApi.as_view(), name="grant-list"),
     path("access-requests/", AccessRequestListCreateApi.as_view(), name="access-request-list"),
     path("access-requests/<int:pk>/", AccessRequestDetailApi.as_view(), name="access-request-detail"),
+    path("obligations/", ObligationListApi.as_view(), name="obligation-list"),
     path("jobs/", JobListCreateApi.as_view(), name="job-list"),
     path("jobs/<int:pk>/", JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<int:pk>/cancel/", JobCancelApi.as_view(), name="job-cancel"),
+    path("findings/", FindingListCreateApi.as_view(), name="finding-list"),
+    path("findings/<int:pk>/", FindingDetailApi.as_view(), name="finding-detail"),
+    path("incidents/", IncidentListCreateApi.as_view(), name="incident-list"),
+    path("stage-reviews/<slug:checkpoint>/", StageReviewApi.as_view(), name="stage-review-detail"),
     path("audit/events/", AuditEventListApi.as_view(), name="audit-event-list"),
     path("audit/verify/", AuditVerifyApi.as_view(), name="audit-verify"),
     path("records/verify/", RecordVerifyApi.as_view(), name="record-verify"),

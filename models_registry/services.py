@@ -234,3 +234,28 @@ def checkpoint_mark_withdrawn(*, actor: User, checkpoint: Checkpoint, reason: st
     checkpoint.status_reason = reason
     checkpoint.save(update_fields=["status", "status_reason"])
     return checkpoint, previous
+
+
+@transaction.atomic
+def checkpoint_release_publicly(*, actor: User, checkpoint: Checkpoint) -> Checkpoint:
+    """Mark an available checkpoint released to the public (the registry's part of a public release).
+
+    Only the flag and its audit event: research.services.releases.release_decide calls this within the
+    decision's transaction, and agreements then grants the checkpoint to every active agreement.
+    """
+    require_role(actor, Role.LAB_ADMIN)
+    checkpoint = Checkpoint.objects.select_for_update().get(pk=checkpoint.pk)
+    if checkpoint.public_since is not None:
+        raise ValidationError(f"{checkpoint.slug} has been public since {checkpoint.public_since:%Y-%m-%d}.")
+    if checkpoint.status != Checkpoint.Status.AVAILABLE:
+        status = checkpoint.get_status_display().lower()
+        raise ValidationError(f"{checkpoint.slug} is {status}; restore it before releasing it to the public.")
+    checkpoint.public_since = timezone.now()
+    checkpoint.save(update_fields=["public_since"])
+    audit_append(
+        actor=actor,
+        action=events.CHECKPOINT_RELEASED_PUBLICLY,
+        target=checkpoint,
+        data={"public_since": checkpoint.public_since.isoformat()},
+    )
+    return checkpoint

@@ -20,6 +20,7 @@ class SealedRecord(models.Model):
         EVIDENCE_BUNDLE = "evidence_bundle", "Evidence bundle"
         AUDIT_LOG_PDF = "audit_log_pdf", "Audit log (PDF)"
         AUDIT_LOG_CSV = "audit_log_csv", "Audit log (CSV)"
+        STAGE_REVIEW_RECORD = "stage_review_record", "Stage review record"
 
     class Status(models.TextChoices):
         PENDING = "pending", "Queued"
@@ -41,6 +42,14 @@ class SealedRecord(models.Model):
         "agreements.Agreement", null=True, blank=True, on_delete=models.PROTECT, related_name="sealed_records"
     )
     occasion = models.CharField(max_length=16, choices=Occasion.choices, blank=True)
+    release_decision = models.ForeignKey(
+        "research.ReleaseDecision",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="sealed_records",
+        help_text="The release decision a stage review record seals.",
+    )
     organization = models.ForeignKey(
         "accounts.Organization", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -82,6 +91,16 @@ class SealedRecord(models.Model):
                 | ~models.Q(kind="agreement_record"),
                 name="agreement_record_has_agreement",
             ),
+            models.UniqueConstraint(
+                fields=["release_decision"],
+                condition=models.Q(kind="stage_review_record"),
+                name="one_stage_review_record_per_decision",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(kind="stage_review_record", release_decision__isnull=False)
+                | ~models.Q(kind="stage_review_record"),
+                name="stage_review_record_has_decision",
+            ),
             models.CheckConstraint(condition=models.Q(progress__lte=100), name="record_progress_percent"),
         ]
         indexes = [models.Index(fields=["sha256"], name="sealed_record_sha256")]
@@ -98,6 +117,11 @@ class SealedRecord(models.Model):
         return self.status in (self.Status.READY, self.Status.FAILED)
 
     @property
+    def is_sealed_record(self) -> bool:
+        """Sealed on an occasion (an agreement's milestone, a release decision), not exported on request."""
+        return self.kind in (self.Kind.AGREEMENT_RECORD, self.Kind.STAGE_REVIEW_RECORD)
+
+    @property
     def is_pdf(self) -> bool:
         return self.kind != self.Kind.AUDIT_LOG_CSV
 
@@ -110,6 +134,9 @@ class SealedRecord(models.Model):
         """What the record is about, in words: 'MPA-00003 (activated)', 'Partner A', 'audit log'."""
         if self.kind == self.Kind.AGREEMENT_RECORD and self.agreement is not None:
             return f"{self.agreement.reference} ({self.get_occasion_display().lower()})"
+        if self.kind == self.Kind.STAGE_REVIEW_RECORD and self.release_decision is not None:
+            decision = self.release_decision
+            return f"{decision.reference} ({decision.checkpoint.slug}: {decision.get_decision_display().lower()})"
         if self.kind == self.Kind.EVIDENCE_BUNDLE and self.organization is not None:
             return f"evidence bundle for {self.organization.name}"
         return "audit log export"

@@ -14,15 +14,20 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Prefetch, Q, QuerySet
 from django.http import Http404
+from django.utils import timezone
 
 from accounts.models import LAB_ROLES, Organization, Role, User
 from accounts.permissions import require_role, role_of
-from agreements.models import AccessGrant, Agreement, Signature
+from agreements.models import AccessGrant, Agreement, Obligation, Signature
 from agreements.selectors import agreement_document_as_signed, agreement_get, agreement_signatures
+from audit import events
 from audit.models import GENESIS_HASH, AuditEvent, ChainHead
 from core.filters import created_within
 from inference.models import GenerationJob, Sample
+from models_registry.models import Checkpoint
 from records.models import SealedRecord
+from research.models import Finding, FindingAttachment, FindingReview, Incident, ReleaseDecision
+from research.selectors.releases import evidence_canonical_json, evidence_sha256, release_decision_effects
 
 AUDIT_READERS = (Role.LAB_ADMIN, Role.LEGAL, Role.AUDITOR)
 
@@ -79,7 +84,9 @@ GRANT_TARGET_TYPES = ("agreements.accessgrant", "models_registry.accessgrant")
 def sealed_record_list(*, user: User) -> QuerySet[SealedRecord]:
     """Every record and export, newest first: lab roles only."""
     require_role(user, *RECORD_EXPORTERS)
-    return SealedRecord.objects.select_related("agreement", "organization", "created_by").order_by("-created_at", "-pk")
+    return SealedRecord.objects.select_related(
+        "agreement", "organization", "created_by", "release_decision__checkpoint"
+    ).order_by("-created_at", "-pk")
 
 
 def sealed_record_get(*, user: User, pk: int) -> SealedRecord:
@@ -88,7 +95,11 @@ def sealed_record_get(*, user: User, pk: int) -> SealedRecord:
     role = role_of(user)
     if role is None:
         raise Http404
-    record = SealedRecord.objects.select_related("agreement", "organization", "created_by").filter(pk=pk).first()
+    record = (
+        SealedRecord.objects.select_related("agreement", "organization", "created_by", "release_decision__checkpoint")
+        .filter(pk=pk)
+        .first()
+    )
     if record is None:
         raise Http404
     if role in LAB_ROLES:
@@ -245,6 +256,7 @@ def evidence_bundle_data(organization_pk: int) -> dict[str, Any]:
                 },
             }
         )
+    research = _organization_research(organization)
     head = ChainHead.objects.filter(pk=1).first()
     statuses: dict[str, int] = {}
     for agreement in agreements:
@@ -259,6 +271,7 @@ def evidence_bundle_data(organization_pk: int) -> dict[str, Any]:
         "ledger": ledger,
         "tokens_generated": sum(job.tokens_generated for job in jobs),
         "sample_count": sum(len(row["samples"]) for row in ledger),
+        **research,
         "chain_head_seq": head.seq if head else 0,
         "chain_head_hash": head.hash if head else GENESIS_HASH,
     }
@@ -308,8 +321,216 @@ def evidence_ledger_json(data: dict[str, Any]) -> bytes:
             }
             for row in data["ledger"]
         ],
+        "obligations": [
+            {
+                "reference": o.reference,
+                "agreement": o.agreement.reference,
+                "kind": o.kind,
+                "checkpoint": o.checkpoint.slug if o.checkpoint else None,
+                "description": o.description,
+                "due_at": iso(o.due_at),
+                "original_due_at": iso(o.original_due_at),
+                "state": o.state(data["as_of"]),
+                "overdue_at": iso(o.overdue_at),
+                "fulfilled_at": iso(o.fulfilled_at),
+                "fulfilled_late": o.fulfilled_late,
+                "fulfilment": o.fulfilment,
+                "extended_at": iso(o.extended_at),
+                "extension_reason": o.extension_reason,
+                "waived_at": iso(o.waived_at),
+                "waive_reason": o.waive_reason,
+            }
+            for o in data["obligations"]
+        ],
+        "findings": [
+            {
+                "reference": f.reference,
+                "title": f.title,
+                "category": f.category,
+                "checkpoints": [c.slug for c in f.checkpoints.all()],
+                "status": f.status,
+                "created_at": iso(f.created_at),
+                "fulfils": f.obligation.reference if f.obligation else None,
+                "publication_review": f.publication_review or None,
+                "reviews": [
+                    {"action": r.action, "by": r.actor.email, "at": iso(r.created_at), "comment": r.comment}
+                    for r in f.reviews.all()
+                ],
+                "attachments": [
+                    {"filename": a.filename, "sha256": a.sha256, "size_bytes": a.size_bytes}
+                    for a in f.attachments.all()
+                ],
+            }
+            for f in data["findings"]
+        ],
+        "incidents": [
+            {
+                "reference": i.reference,
+                "title": i.title,
+                "severity": i.severity,
+                "checkpoints": [c.slug for c in i.checkpoints.all()],
+                "discovered_at": iso(i.discovered_at),
+                "reported_at": iso(i.created_at),
+                "status": i.status,
+                "action": i.action or None,
+                "action_at": iso(i.action_at),
+                "outcome": i.outcome,
+                "resolved_at": iso(i.resolved_at),
+            }
+            for i in data["incidents"]
+        ],
+        "release_decisions": [
+            {
+                "reference": row["decision"].reference,
+                "checkpoint": row["decision"].checkpoint.slug,
+                "decision": row["decision"].decision,
+                "decided_at": iso(row["decision"].decided_at),
+                "decided_by": row["decision"].decided_by.email,
+                "named": row["named"],
+                "amendments": [a.reference for a in row["amendments"]],
+                "evidence_sha256": row["decision"].evidence_sha256,
+            }
+            for row in data["release_decisions"]
+        ],
     }
     return json.dumps(payload, indent=1, ensure_ascii=False).encode()
+
+
+def _organization_research(organization: Organization) -> dict[str, Any]:
+    """What the bundle adds from research and the agreement's obligations: a fixed number of queries."""
+    obligations = list(
+        Obligation.objects.filter(organization=organization)
+        .select_related("agreement", "checkpoint", "fulfilled_by", "extended_by")
+        .order_by("due_at", "pk")
+    )
+    by_size = Checkpoint.objects.order_by("parameter_count")
+    findings = list(
+        Finding.objects.filter(organization=organization)
+        .select_related("author", "obligation")
+        .prefetch_related(
+            Prefetch("checkpoints", queryset=by_size),
+            Prefetch("reviews", queryset=FindingReview.objects.select_related("actor").order_by("created_at", "pk")),
+            Prefetch("attachments", queryset=FindingAttachment.objects.order_by("uploaded_at", "pk")),
+        )
+        .order_by("created_at", "pk")
+    )
+    incidents = list(
+        Incident.objects.filter(organization=organization)
+        .select_related("reporter", "action_checkpoint")
+        .prefetch_related(Prefetch("checkpoints", queryset=by_size))
+        .order_by("created_at", "pk")
+    )
+    # The decisions that concerned it: it was named as a partner, or an amendment was drafted for it.
+    decisions = list(
+        ReleaseDecision.objects.filter(Q(partners=organization) | Q(amendments__organization=organization))
+        .distinct()
+        .select_related("checkpoint", "decided_by")
+        .prefetch_related(
+            Prefetch("partners", queryset=Organization.objects.filter(pk=organization.pk), to_attr="named_here"),
+            Prefetch(
+                "amendments",
+                queryset=Agreement.objects.filter(organization=organization).order_by("pk"),
+                to_attr="amendments_here",
+            ),
+        )
+        .order_by("decided_at", "pk")
+    )
+    now = timezone.now()
+    return {
+        "as_of": now,
+        "obligations": obligations,
+        "obligation_rows": [{"obligation": o, "state": o.state(now)} for o in obligations],
+        "findings": findings,
+        "incidents": incidents,
+        "release_decisions": [
+            {"decision": d, "named": bool(d.named_here), "amendments": d.amendments_here} for d in decisions
+        ],
+    }
+
+
+# --- Stage review records -----------------------------------------------------------------------------
+
+
+def stage_review_record_latest(*, user: User, decision_pk: int) -> tuple[ReleaseDecision, SealedRecord | None]:
+    """A release decision (lab staff; partners 404, as on the stage review) and its sealed record, if ready."""
+    if role_of(user) not in LAB_ROLES:
+        raise Http404
+    decision = ReleaseDecision.objects.select_related("checkpoint").filter(pk=decision_pk).first()
+    if decision is None:
+        raise Http404
+    record = (
+        SealedRecord.objects.filter(
+            kind=SealedRecord.Kind.STAGE_REVIEW_RECORD, release_decision=decision, status=SealedRecord.Status.READY
+        )
+        .order_by("-sealed_at", "-pk")
+        .first()
+    )
+    return decision, record
+
+
+def stage_review_record_events(decision: ReleaseDecision) -> list[AuditEvent]:
+    """The decision's own events and those of the amendments it drafted, in chain order."""
+    amendment_ids = [str(a.pk) for a in decision.amendments.all()]
+    about = Q(target_type="research.releasedecision", target_id=str(decision.pk))
+    if amendment_ids:
+        about |= Q(target_type="agreements.agreement", target_id__in=amendment_ids, action=events.AGREEMENT_CREATED)
+    return list(AuditEvent.objects.filter(about).order_by("seq"))
+
+
+def stage_review_record_data(decision_pk: int) -> dict[str, Any]:
+    """Everything a stage review record shows and embeds; the chain head is read last."""
+    decision = (
+        ReleaseDecision.objects.select_related("checkpoint", "decided_by", "supersedes")
+        .prefetch_related(
+            Prefetch("partners", queryset=Organization.objects.order_by("name")),
+            Prefetch("amendments", queryset=Agreement.objects.select_related("organization").order_by("pk")),
+        )
+        .get(pk=decision_pk)
+    )
+    evidence = decision.evidence or {}
+    record_events = stage_review_record_events(decision)
+    head = ChainHead.objects.filter(pk=1).first()
+    return {
+        "decision": decision,
+        "effects": release_decision_effects(decision),
+        "evidence": evidence,
+        "evidence_view": _evidence_view(evidence),
+        "evidence_canonical": evidence_canonical_json(evidence).decode(),
+        "evidence_matches": evidence_sha256(evidence) == decision.evidence_sha256,
+        "events": record_events,
+        "chain_head_seq": head.seq if head else 0,
+        "chain_head_hash": head.hash if head else GENESIS_HASH,
+    }
+
+
+def _evidence_view(evidence: dict[str, Any]) -> dict[str, Any]:
+    """The stored summary with labels, as the record's tables show it."""
+    findings = evidence.get("findings") or {}
+    statuses = Finding.Status.choices
+    by_category = findings.get("by_category") or {}
+    jobs = (evidence.get("jobs") or {}).get("by_status") or {}
+    incidents = evidence.get("incidents") or {}
+    partners = []
+    for row in evidence.get("partners") or []:
+        capacity = row.get("quota_capacity") or 0
+        used = row.get("tokens_used") or 0
+        counts = row.get("findings") or {}
+        findings_text = ", ".join(f"{counts[s]} {label.lower()}" for s, label in statuses if counts.get(s)) or "none"
+        quota_use = f"{100 * used / capacity:.1f}%" if capacity else "no grant"
+        partners.append({**row, "quota_use": quota_use, "findings_text": findings_text})
+    return {
+        "finding_statuses": statuses,
+        "findings_by_category": [
+            (label, [by_category.get(key, {}).get(s, 0) for s, _ in statuses])
+            for key, label in Finding.Category.choices
+        ],
+        "findings_by_status": [(label, (findings.get("by_status") or {}).get(s, 0)) for s, label in statuses],
+        "jobs_by_status": [(label, jobs.get(s, 0)) for s, label in GenerationJob.Status.choices],
+        "incidents_by_severity": [
+            (label, (incidents.get("by_severity") or {}).get(s, 0)) for s, label in Incident.Severity.choices
+        ],
+        "partners": partners,
+    }
 
 
 def audit_log_export_events(filters: dict[str, Any]) -> QuerySet[AuditEvent]:

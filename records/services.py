@@ -41,6 +41,7 @@ from audit.services import audit_append
 from core.tasks import task_send_on_commit
 from records import selectors
 from records.models import SealedRecord
+from research.models import ReleaseDecision
 
 if TYPE_CHECKING:
     from records.pdf import PdfAttachment, Sealed
@@ -72,6 +73,38 @@ def record_seal_agreement(*, agreement_id: int, occasion: str, actor: User | Non
         record.refresh_from_db()
         return record
     return _record_produce(record, actor=actor, build=_agreement_record_build)
+
+
+def record_seal_stage_review(*, decision_id: int, actor: User | None = None) -> SealedRecord | None:
+    """Render, seal and store a release decision's stage review record, once per decision.
+
+    Queued on commit by research.services.releases.release_decide; a redelivered task finds the record
+    made (or being made) and does nothing. A failed one is tried again.
+    """
+    decision = ReleaseDecision.objects.select_related("decided_by").filter(pk=decision_id).first()
+    if decision is None:
+        return None
+    record, _ = SealedRecord.objects.get_or_create(
+        kind=SealedRecord.Kind.STAGE_REVIEW_RECORD,
+        release_decision=decision,
+        defaults={"created_by": actor if getattr(actor, "pk", None) else decision.decided_by},
+    )
+    if not _record_claim(record, retry_failed=True):
+        record.refresh_from_db()
+        return record
+    return _record_produce(record, actor=actor, build=_stage_review_record_build)
+
+
+def stage_review_record_request(*, actor: User, decision: ReleaseDecision) -> None:
+    """Queue sealing for a decision whose record is missing or failed (lab roles)."""
+    require_role(actor, *selectors.RECORD_EXPORTERS)
+    if SealedRecord.objects.filter(
+        kind=SealedRecord.Kind.STAGE_REVIEW_RECORD,
+        release_decision=decision,
+        status__in=[SealedRecord.Status.READY, SealedRecord.Status.RUNNING],
+    ).exists():
+        raise ValidationError(f"{decision.reference}'s record is already sealed (or being sealed).")
+    task_send_on_commit("records.tasks.seal_stage_review", decision.pk, actor.pk)
 
 
 def agreement_record_request(*, actor: User, agreement: Agreement) -> list[str]:
@@ -132,7 +165,7 @@ def record_export_request(
 def record_export_run(*, record_id: int) -> SealedRecord | None:
     """Make a queued export: the task's body. A second delivery finds it claimed and returns."""
     record = SealedRecord.objects.select_related("organization", "created_by").filter(pk=record_id).first()
-    if record is None or record.kind == SealedRecord.Kind.AGREEMENT_RECORD:
+    if record is None or record.is_sealed_record:
         return None
     if not _record_claim(record, retry_failed=False):
         return record
@@ -346,7 +379,7 @@ def _record_finish(
             "filename": filename,
             **(extra or {}),
         }
-        action = events.RECORD_SEALED if record.kind == SealedRecord.Kind.AGREEMENT_RECORD else events.RECORD_EXPORTED
+        action = events.RECORD_SEALED if record.is_sealed_record else events.RECORD_EXPORTED
         audit_append(actor=actor, action=action, target=record, organization=record.organization, data=data)
 
 
@@ -356,11 +389,7 @@ def _record_fail(record: SealedRecord, *, actor: User | None, message: str) -> N
             status=SealedRecord.Status.FAILED, error=message[:2000], progress_note="Failed"
         )
         record.refresh_from_db()
-        action = (
-            events.RECORD_SEAL_FAILED
-            if record.kind == SealedRecord.Kind.AGREEMENT_RECORD
-            else events.RECORD_EXPORT_FAILED
-        )
+        action = events.RECORD_SEAL_FAILED if record.is_sealed_record else events.RECORD_EXPORT_FAILED
         audit_append(
             actor=actor,
             action=action,
@@ -414,6 +443,65 @@ def _agreement_record_build(record: SealedRecord, progress: _Progress) -> _Built
     )
 
 
+def _stage_review_record_build(record: SealedRecord, progress: _Progress) -> _Built:
+    from records import pdf
+
+    assert record.release_decision_id is not None  # a stage review record names its decision
+    data = selectors.stage_review_record_data(record.release_decision_id)
+    decision = data["decision"]
+    checkpoint = decision.checkpoint
+    label = decision.get_decision_display()
+    html = render_to_string(
+        "records/pdf/stage_review_record.html",
+        _pdf_context(
+            **data,
+            kicker="Sealed stage review record",
+            title=f"{decision.reference}: release decision on {checkpoint.slug}",
+            subtitle=f"{checkpoint.display_name} ({checkpoint.size_label}) · {label}",
+        ),
+    )
+    attachment = json.dumps(
+        {
+            "decision": {
+                "reference": decision.reference,
+                "checkpoint": checkpoint.slug,
+                "decision": decision.decision,
+                "rationale": decision.rationale,
+                "decided_by": decision.decided_by.email,
+                "decided_at": decision.decided_at.isoformat(),
+                "supersedes": decision.supersedes.reference if decision.supersedes else None,
+                "partners": [o.name for o in decision.partners.all()],
+                "amendments": [a.reference for a in decision.amendments.all()],
+            },
+            "evidence": data["evidence"],
+            "evidence_canonical_json": data["evidence_canonical"],
+            "evidence_sha256": decision.evidence_sha256,
+            "events": json.loads(selectors.audit_events_json(data["events"]))["events"],
+        },
+        indent=1,
+        ensure_ascii=False,
+    ).encode()
+    return _Built(
+        html=html,
+        attachments=[
+            pdf.PdfAttachment(
+                "release-decision.json", attachment, f"{decision.reference}: the decision, its evidence and events"
+            )
+        ],
+        filename=f"{decision.reference}-{checkpoint.slug}-stage-review.pdf",
+        reason=f"{decision.reference} {label.lower()} ({checkpoint.slug})",
+        chain_head_seq=data["chain_head_seq"],
+        chain_head_hash=data["chain_head_hash"],
+        expected_pages=3,
+        audit_data={
+            "release_decision": decision.reference,
+            "checkpoint": checkpoint.slug,
+            "evidence_sha256": decision.evidence_sha256,
+            "events": len(data["events"]),
+        },
+    )
+
+
 def _bundle_build(record: SealedRecord, progress: _Progress) -> _Built:
     from records import pdf
 
@@ -428,26 +516,39 @@ def _bundle_build(record: SealedRecord, progress: _Progress) -> _Built:
             exported_by=record.created_by,
             kicker="Evidence bundle",
             title=f"Evidence: {organization.legal_name}",
-            subtitle=f"Agreements, certificates, grant history and job ledger, as of {now:%Y-%m-%d %H:%M} UTC",
+            subtitle=(
+                "Agreements, certificates, obligations, findings, incidents, release decisions, grant history "
+                f"and job ledger, as of {now:%Y-%m-%d %H:%M} UTC"
+            ),
         ),
     )
     return _Built(
         html=html,
         attachments=[
             pdf.PdfAttachment(
-                "evidence-ledger.json", selectors.evidence_ledger_json(data), "Grant history and job ledger"
+                "evidence-ledger.json",
+                selectors.evidence_ledger_json(data),
+                "Obligations, findings, incidents, release decisions, grant history and job ledger",
             )
         ],
         filename=f"evidence-{slugify(organization.name)}-{now:%Y%m%dT%H%MZ}.pdf",
         reason=f"Evidence bundle for {organization.name}",
         chain_head_seq=data["chain_head_seq"],
         chain_head_hash=data["chain_head_hash"],
-        expected_pages=2 + 3 * len(data["certificates"]) + len(data["grants"]) // 25 + len(data["ledger"]) // 6,
+        expected_pages=3
+        + 3 * len(data["certificates"])
+        + len(data["grants"]) // 25
+        + len(data["ledger"]) // 6
+        + (len(data["obligations"]) + len(data["findings"]) + len(data["incidents"])) // 15,
         audit_data={
             "organization": organization.name,
             "agreements": len(data["certificates"]),
             "grants": len(data["grants"]),
             "jobs": len(data["ledger"]),
+            "obligations": len(data["obligations"]),
+            "findings": len(data["findings"]),
+            "incidents": len(data["incidents"]),
+            "release_decisions": len(data["release_decisions"]),
         },
     )
 

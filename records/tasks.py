@@ -6,7 +6,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from accounts.models import User
-from records.services import record_export_run, record_seal_agreement
+from records.services import record_export_run, record_seal_agreement, record_seal_stage_review
 
 
 @shared_task(autoretry_for=(ConnectionError, TimeoutError), retry_backoff=True, max_retries=5)
@@ -20,4 +20,12 @@ def seal_agreement_record(agreement_id: int, occasion: str, actor_id: int | None
 @shared_task(autoretry_for=(ConnectionError, TimeoutError), retry_backoff=True, max_retries=5)
 def run_record_export(record_id: int) -> str | None:
     record = record_export_run(record_id=record_id)
+    return record.status if record else None
+
+
+@shared_task(autoretry_for=(ConnectionError, TimeoutError), retry_backoff=True, max_retries=5)
+def seal_stage_review(decision_id: int, actor_id: int | None = None) -> str | None:
+    """Queued when a release decision is recorded (and by "Seal now" when its sealing failed)."""
+    actor = User.objects.filter(pk=actor_id).first() if actor_id else None
+    record = record_seal_stage_review(decision_id=decision_id, actor=actor)
     return record.status if record else None

@@ -13,5 +13,7 @@ urlpatterns = [
     path("records/<int:pk>/download/", views.record_download, name="record_download"),
     path("records/agreements/<int:pk>/", views.agreement_record_download, name="agreement_record"),
     path("records/agreements/<int:pk>/seal/", views.agreement_record_seal, name="agreement_record_seal"),
+    path("records/release-decisions/<int:pk>/", views.stage_review_record_download, name="stage_review_record"),
+    path("records/release-decisions/<int:pk>/seal/", views.stage_review_record_seal, name="stage_review_record_seal"),
     path("verify/", views.record_verify, name="record_verify"),
 ]

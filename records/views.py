@@ -39,6 +39,7 @@ from records.selectors import (
     record_file_bytes,
     sealed_record_get,
     sealed_record_list,
+    stage_review_record_latest,
 )
 from records.selectors import record_verify as verify_file
 
@@ -86,6 +87,7 @@ def _export_context(request: HttpRequest, **forms: object) -> dict[str, object]:
         "export_form": forms.get("export_form") or AuditExportForm(),
         "exports": list(records.filter(kind__in=EXPORT_KINDS)[:20]),
         "agreement_records": list(records.filter(kind=SealedRecord.Kind.AGREEMENT_RECORD)[:50]),
+        "stage_review_records": list(records.filter(kind=SealedRecord.Kind.STAGE_REVIEW_RECORD)[:50]),
         "unsealed": list(agreement_records_pending(user=request_user(request))[:20]),
     }
 
@@ -186,6 +188,32 @@ def agreement_record_seal(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, " ".join(exc.messages))
     else:
         messages.success(request, f"Sealing {agreement.reference}'s record ({', '.join(queued)}). Refresh in a moment.")
+    return redirect("records_home")
+
+
+@login_required
+def stage_review_record_download(request: HttpRequest, pk: int) -> HttpResponse:
+    """A release decision's sealed stage review record (lab staff; partners 404, as on the stage review)."""
+    decision, record = stage_review_record_latest(user=request_user(request), decision_pk=pk)
+    if record is None:
+        context = {"decision": decision, "can_seal": has_role(request.user, *RECORD_EXPORTERS)}
+        return render(request, "records/stage_review_missing.html", context, status=404)
+    content = record_file_bytes(record)
+    services.record_download(actor=request_user(request), record=record)
+    return _file_response(record, content)
+
+
+@login_required
+@require_POST
+def stage_review_record_seal(request: HttpRequest, pk: int) -> HttpResponse:
+    """Seal a decision's record again when its sealing failed (or never ran)."""
+    decision, _ = stage_review_record_latest(user=request_user(request), decision_pk=pk)
+    try:
+        services.stage_review_record_request(actor=request_user(request), decision=decision)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Sealing {decision.reference}'s record. Refresh in a moment.")
     return redirect("records_home")
 
 

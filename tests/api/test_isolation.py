@@ -7,12 +7,15 @@ test_every_route_and_method_is_in_the_matrix until someone decides who may call 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 from knox.models import AuthToken
 
+from inference.models import GenerationJob
 from records.selectors import record_file_bytes
 from tests.api.conftest import client_with, error_of, job_body, token_for
 
@@ -32,13 +35,23 @@ MATRIX: dict[tuple[str, str], tuple[int, int, int, int, int]] = {
     ("api/v1/access-requests/", "GET"): (200, 401, 401, 200, 200),
     ("api/v1/access-requests/", "POST"): (201, 401, 401, 403, 201),
     ("api/v1/access-requests/<int:pk>/", "GET"): (404, 401, 401, 200, 200),
+    # Obligations: each partner lists its own (the outsider's list is empty), the auditor every partner's.
+    ("api/v1/obligations/", "GET"): (200, 401, 401, 200, 200),
     ("api/v1/jobs/", "GET"): (200, 401, 401, 200, 200),
     ("api/v1/jobs/", "POST"): (403, 401, 401, 403, 202),
     ("api/v1/jobs/<int:pk>/", "GET"): (404, 401, 401, 200, 200),
     ("api/v1/jobs/<int:pk>/cancel/", "POST"): (404, 401, 401, 403, 200),
+    # Findings: the outsider's POST cites the owner's job, which is 404 for it; the lab reads and never submits.
+    ("api/v1/findings/", "GET"): (200, 401, 401, 200, 200),
+    ("api/v1/findings/", "POST"): (404, 401, 401, 403, 201),
+    ("api/v1/findings/<int:pk>/", "GET"): (404, 401, 401, 200, 200),
+    ("api/v1/incidents/", "GET"): (200, 401, 401, 200, 200),
+    ("api/v1/incidents/", "POST"): (201, 401, 401, 403, 201),
     ("api/v1/audit/events/", "GET"): (403, 401, 401, 200, 403),
     ("api/v1/audit/verify/", "GET"): (403, 401, 401, 200, 403),
     ("api/v1/records/verify/", "POST"): (200, 401, 401, 200, 200),
+    # Stage reviews are the lab's: partners (the owner's researcher too) are told nothing of them.
+    ("api/v1/stage-reviews/<slug:checkpoint>/", "GET"): (404, 401, 401, 200, 404),
     # Webhooks are for partner admins and lab admins only (tests/webhooks/test_api.py: admins and outsiders).
     ("api/v1/webhooks/", "GET"): (403, 401, 401, 403, 403),
     ("api/v1/webhooks/", "POST"): (403, 401, 401, 403, 403),
@@ -94,6 +107,8 @@ def world(researcher_a, researcher_b, auditor, active, gpt2, no_generation) -> W
         {"checkpoints": ["gpt2-xl"], "purpose": "Measuring detectability of the largest model's samples."},
         format="json",
     ).json()
+    finding = own.post("/api/v1/findings/", finding_body(job["id"]), format="json").json()
+    own.post("/api/v1/incidents/", incident_body(), format="json")
     clients = {
         "own": own,
         "other": client_with(token_for(researcher_b)),
@@ -101,12 +116,45 @@ def world(researcher_a, researcher_b, auditor, active, gpt2, no_generation) -> W
         "revoked": client_with(revoked_key),
         "auditor": client_with(token_for(auditor)),
     }
-    return World(clients=clients, ids={"agreements": active.pk, "access-requests": request["id"], "jobs": job["id"]})
+    return World(
+        clients=clients,
+        ids={
+            "agreements": active.pk,
+            "access-requests": request["id"],
+            "jobs": job["id"],
+            "findings": finding["id"],
+        },
+    )
+
+
+def incident_body() -> dict:
+    return {
+        "title": "Samples posted as product reviews",
+        "description": "A contractor posted gpt2 samples to a forum as if they were real reviews.",
+        "discovered_at": (timezone.now() - timedelta(hours=2)).isoformat(),
+        "severity": "medium",
+        "checkpoints": ["gpt2"],
+    }
+
+
+def finding_body(job_id: int) -> dict:
+    return {
+        "title": "Headlines make gpt2 samples convincing",
+        "category": "human_detection",
+        "checkpoints": ["gpt2"],
+        "summary": "Raters mistook gpt2 samples for news articles when the prompt was a headline.",
+        "cited_jobs": [job_id],
+    }
+
+
+def owners_job_id() -> int:
+    """The owner's job (the world's only one): the outsider citing it is refused as if it did not exist."""
+    return GenerationJob.objects.get().pk
 
 
 def concrete(route: str, world: World) -> str:
     resource = route.split("/")[2]
-    return "/" + route.replace("<int:pk>", str(world.ids.get(resource, 0)))
+    return "/" + route.replace("<int:pk>", str(world.ids.get(resource, 0))).replace("<slug:checkpoint>", "gpt2")
 
 
 def request_for(client, method: str, url: str, caller: str, record: bytes):
@@ -119,6 +167,10 @@ def request_for(client, method: str, url: str, caller: str, record: bytes):
         return client.post(url, body, format="json")
     if url.endswith("/jobs/") and method == "POST":
         return client.post(url, job_body(), format="json")
+    if url.endswith("/findings/") and method == "POST":
+        return client.post(url, finding_body(owners_job_id()), format="json")
+    if url.endswith("/incidents/") and method == "POST":
+        return client.post(url, incident_body(), format="json")
     return client.generic(method, url)
 
 
@@ -151,7 +203,18 @@ def test_methods_a_route_does_not_serve_are_405(world, route):
         assert world.clients["anonymous"].generic(method, url).status_code == 401
 
 
-@pytest.mark.parametrize("url", ["/api/v1/agreements/", "/api/v1/grants/", "/api/v1/access-requests/", "/api/v1/jobs/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/agreements/",
+        "/api/v1/grants/",
+        "/api/v1/access-requests/",
+        "/api/v1/obligations/",
+        "/api/v1/jobs/",
+        "/api/v1/findings/",
+        "/api/v1/incidents/",
+    ],
+)
 def test_lists_hold_nothing_of_another_organisation(world, url):
     mine = world.clients["own"].get(url).json()
     theirs = world.clients["other"].get(url).json()

@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 import schemathesis
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
@@ -26,6 +27,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.api.conftest import job_body, token_for
+from tests.api.test_isolation import incident_body
 
 pytestmark = pytest.mark.django_db
 
@@ -63,8 +65,8 @@ def api_schema(settings):
 
 
 @pytest.fixture
-def partner_a_data(api, researcher_a, active, gpt2, no_generation) -> None:
-    """Rows for the generated requests to find: a job and an access request of Partner A's."""
+def partner_a_data(api, researcher_a, active, gpt2, no_generation, settings, tmp_path) -> None:
+    """Rows for the generated requests to find: a job, an access request, a finding and an incident of Partner A's."""
     client = api(researcher_a)
     client.post("/api/v1/jobs/", job_body(), format="json")
     client.post(
@@ -72,6 +74,20 @@ def partner_a_data(api, researcher_a, active, gpt2, no_generation) -> None:
         {"checkpoints": ["gpt2-large"], "purpose": "Measuring detectability of generated news text."},
         format="json",
     )
+    # A finding (with a PDF) and an incident of Partner A's, for the findings and incidents operations.
+    settings.FINDINGS_DIR = tmp_path / "findings"
+    client.post("/api/v1/findings/", finding_upload(), format="multipart")
+    client.post("/api/v1/incidents/", incident_body(), format="json")
+
+
+def finding_upload() -> dict:
+    return {
+        "title": "Headlines make gpt2 samples convincing",
+        "category": "human_detection",
+        "checkpoints": ["gpt2"],
+        "summary": "Raters mistook gpt2 samples for news articles when the prompt was a headline.",
+        "attachments": [SimpleUploadedFile("study.pdf", b"%PDF-1.7\n%%EOF\n", content_type="application/pdf")],
+    }
 
 
 def has_inputs(operation) -> bool:
@@ -107,7 +123,7 @@ def test_every_operation_answers_within_the_schema(request, persona, api_schema,
     headers = {"Authorization": f"Token {token_for(user)}"}
     calls: Counter = Counter()
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 21, [op.label for op in operations]
+    assert len(operations) == 28, [op.label for op in operations]
     for operation in operations:
         run_operation(operation, schemathesis.GenerationMode.POSITIVE, headers, calls)
         if has_inputs(operation):
