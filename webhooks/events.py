@@ -16,13 +16,15 @@ from django.db import models
 from django.utils import timezone
 from rest_framework.utils.encoders import JSONEncoder
 
-from agreements.api import AccessRequestSerializer, AgreementSerializer, GrantSerializer
-from agreements.models import AccessGrant, AccessRequest, Agreement
+from agreements.api import AccessRequestSerializer, AgreementSerializer, GrantSerializer, ObligationSerializer
+from agreements.models import AccessGrant, AccessRequest, Agreement, Obligation
 from audit import events as actions
 from audit.models import AuditEvent
 from inference.api import JobSummarySerializer
 from inference.models import GenerationJob
 from models_registry.models import Checkpoint
+from research.api.findings import FindingSerializer
+from research.models import Finding
 from webhooks.models import Delivery, WebhookEndpoint, WebhookEvent
 from webhooks.schedule import retry_window
 from webhooks.services import delivery_enqueue
@@ -44,6 +46,12 @@ EVENT_FOR_ACTION: dict[str, str] = {
     actions.JOB_SUCCEEDED: "job.succeeded",
     actions.JOB_FAILED: "job.failed",
     actions.JOB_CANCELLED: "job.cancelled",
+    actions.OBLIGATION_REMINDED: "obligation.due_soon",
+    actions.OBLIGATION_OVERDUE: "obligation.overdue",
+    actions.OBLIGATION_FULFILLED: "obligation.resolved",
+    actions.OBLIGATION_EXTENDED: "obligation.resolved",
+    actions.FINDING_REVIEWED: "finding.reviewed",
+    actions.FINDING_PUBLICATION_REVIEWED: "finding.publication_reviewed",
 }
 # Events about the registry, which every partner sees: they reach every endpoint that asks for them.
 SHARED_TYPES = frozenset({"checkpoint.embargoed", "checkpoint.withdrawn"})
@@ -92,12 +100,31 @@ def _job(audit: AuditEvent) -> dict[str, Any]:
     return {"job": JobSummarySerializer(job).data}
 
 
+def _obligation(audit: AuditEvent) -> dict[str, Any]:
+    obligation = Obligation.objects.select_related("organization", "agreement", "checkpoint").get(pk=audit.target_id)
+    data: dict[str, Any] = {"obligation": ObligationSerializer(obligation, context={"now": timezone.now()}).data}
+    if audit.action in (actions.OBLIGATION_FULFILLED, actions.OBLIGATION_EXTENDED):
+        data["resolution"] = "fulfilled" if audit.action == actions.OBLIGATION_FULFILLED else "extended"
+    return data
+
+
+def _finding(audit: AuditEvent) -> dict[str, Any]:
+    finding = (
+        Finding.objects.select_related("organization", "author", "obligation")
+        .prefetch_related("checkpoints")
+        .get(pk=audit.target_id)
+    )
+    return {"finding": FindingSerializer(finding).data, "review": audit.data}
+
+
 PAYLOAD_FOR_TARGET: dict[str, Callable[[AuditEvent], dict[str, Any]]] = {
     Agreement._meta.label_lower: _agreement,
     AccessRequest._meta.label_lower: _access_request,
     AccessGrant._meta.label_lower: _grant,
     Checkpoint._meta.label_lower: _checkpoint,
     GenerationJob._meta.label_lower: _job,
+    Obligation._meta.label_lower: _obligation,
+    Finding._meta.label_lower: _finding,
 }
 
 

@@ -22,6 +22,11 @@ EVENT_TYPES: tuple[tuple[str, str], ...] = (
     ("job.succeeded", "A generation job succeeds"),
     ("job.failed", "A generation job fails"),
     ("job.cancelled", "A generation job is cancelled"),
+    ("obligation.due_soon", "A report the organisation owes is due within the reminder window"),
+    ("obligation.overdue", "A report is overdue (a findings or final report pauses access)"),
+    ("obligation.resolved", "An obligation is fulfilled or its due date extended (paused access resumes)"),
+    ("finding.reviewed", "The lab acknowledges, asks for changes to or accepts a finding"),
+    ("finding.publication_reviewed", "The lab answers a pre-publication review"),
 )
 EVENT_NAMES: tuple[str, ...] = tuple(name for name, _ in EVENT_TYPES)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+import time_machine
 from django.db import transaction
 
 from agreements import services as agreement_services
@@ -80,3 +83,28 @@ def test_disabled_endpoints_get_no_new_events(endpoints, legal, draft):
     endpoints["a"].save()
     agreement_services.agreement_send(actor=legal, agreement=draft)
     assert "https://a.example/in" not in receivers(WebhookEvent.objects.get(type="agreement.sent"))
+
+
+def test_an_overdue_report_and_its_extension_reach_only_its_organisation(admin_a, admin_b, lab_admin, legal, active):
+    types = ["obligation.due_soon", "obligation.overdue", "obligation.resolved"]
+    register(admin_a, url="https://a.example/obligations", events=types)
+    register(admin_b, url="https://b.example/obligations", events=types)
+    register(lab_admin, url="https://lab.example/obligations", events=types)
+    report = active.obligations.filter(kind="findings_report").order_by("due_at").first()
+    with time_machine.travel(report.due_at + timedelta(hours=1)):
+        agreement_services.obligations_check_due()
+        agreement_services.obligation_extend(
+            actor=legal, obligation=report, due_on=(report.due_at + timedelta(days=14)).date(), reason="Ethics review"
+        )
+    # Both checkpoints' findings reports fell due the same day; one event each.
+    overdue_events = {
+        e.payload["data"]["obligation"]["reference"]: e for e in WebhookEvent.objects.filter(type="obligation.overdue")
+    }
+    assert len(overdue_events) == active.grants.count()
+    overdue = overdue_events[report.reference]
+    assert receivers(overdue) == {"https://a.example/obligations", "https://lab.example/obligations"}
+    data = overdue.payload["data"]["obligation"]
+    assert data["reference"] == report.reference and data["pauses_access"] is True and data["state"] == "overdue"
+    resolved = WebhookEvent.objects.get(type="obligation.resolved")
+    assert resolved.payload["data"]["resolution"] == "extended"
+    assert resolved.payload["data"]["obligation"]["extension_reason"] == "Ethics review"
