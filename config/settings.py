@@ -440,6 +440,8 @@ SPECTACULAR_SETTINGS = {
         "CheckpointStatusEnum": "models_registry.models.Checkpoint.Status",
         "WebhookStatusEnum": "webhooks.models.WebhookEndpoint.Status",
         "DeliveryStatusEnum": "webhooks.models.Delivery.Status",
+        "FindingStatusEnum": "research.models.Finding.Status",
+        "IncidentStatusEnum": "research.models.Incident.Status",
     },
 }
 

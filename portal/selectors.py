@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from accounts.models import PARTNER_ROLES, Role, User
+from accounts.models import LAB_ROLES, PARTNER_ROLES, Role, User
 from accounts.permissions import role_of
 from accounts.selectors import notification_home
 from agreements.selectors import (
@@ -10,9 +10,12 @@ from agreements.selectors import (
     access_request_review_queue,
     agreement_home,
     checkpoint_registry,
+    obligation_home,
     partner_checkpoint_overview,
 )
 from inference.selectors import job_home
+from research.selectors.findings import research_home
+from research.selectors.releases import stage_review_index
 
 
 def home_context(user: User) -> dict[str, object]:
@@ -22,6 +25,8 @@ def home_context(user: User) -> dict[str, object]:
     context.update(notification_home(user=user))
     context.update(agreement_home(user=user))
     context.update(job_home(user=user))
+    context.update(obligation_home(user=user))
+    context.update(research_home(user=user))
     return context
 
 
@@ -43,6 +48,9 @@ def home_panels(user: User) -> dict[str, object]:
             names = sorted({grant.organization.name for grant in checkpoint.live_grants})  # type: ignore[attr-defined]
             checkpoint.live_organizations = names  # type: ignore[attr-defined]
         panels["registry"] = checkpoints
+    if role in LAB_ROLES:
+        # Each stage with the release decision in force, or none yet: the decisions still to make.
+        panels["stage_reviews"] = stage_review_index(user=user)
     if role in REQUEST_REVIEWERS:
         queue = access_request_review_queue(user=user)
         panels["pending_request_count"] = queue.count()

@@ -195,6 +195,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
             "EMAIL_URL": "console://",
             "MODELPACT_VAR_DIR": str(root / "var"),
             "RECORDS_DIR": str(root / "records"),
+            "FINDINGS_DIR": str(root / "findings"),
             "RECORDS_KEY_PATH": str(root / "keys" / "seal-key.pem"),
             "RECORDS_CERT_PATH": str(root / "keys" / "seal-cert.pem"),
             "CHECKPOINTS_DIR": str(root / "checkpoints"),

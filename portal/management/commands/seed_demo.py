@@ -10,8 +10,13 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
+import agreements as agreements_app
 from accounts import services
 from accounts.models import Organization, Role, User
+from agreements import services as agreements
+from agreements.models import Agreement, AgreementTemplate, TemplateVersion
+from models_registry.models import Checkpoint
+from portal import demo
 
 DEFAULT_PASSWORD = "modelpact-demo"
 TEMPLATE_NAME = "GPT-2 Model Sharing Agreement"
@@ -88,6 +93,32 @@ class Command(BaseCommand):
                 "off. Invite real people instead; to seed a throwaway deployment anyway, pass "
                 "--create-demo-logins-with-debug-off (and a --password of your own)."
             )
+        fresh = not Organization.objects.filter(name="Partner A").exists()
+        if fresh:
+            # A new demo starts twelve weeks ago, so the stage review has a history to show.
+            with demo.on_day(demo.AGREEMENT_DAYS_AGO + 1, hour=9):
+                organizations = self._people(password)
+                self._template()
+                call_command("checkpoint_demo", stdout=self.stdout)
+            version = self._template()
+            demo.replay_history(
+                sign=self._sign,
+                send=lambda organization, checkpoints: self._sent_agreement(
+                    self._legal(), organization, version, checkpoints, PURPOSE_A
+                ),
+            )
+            with demo.on_day(2, hour=11):
+                self._agreements(organizations)
+            demo.decide_release()
+        else:
+            organizations = self._people(password)
+            # Demo weights for the registry, so a one-machine run can generate without real GPT-2 weights.
+            call_command("checkpoint_demo", stdout=self.stdout)
+            self._agreements(organizations)
+        self._seal_records(organizations["Partner A"])
+        self._print_logins(password)
+
+    def _people(self, password: str) -> dict[str, Organization]:
         with transaction.atomic():
             organizations = {}
             for spec in [LAB, *PARTNERS]:
@@ -95,10 +126,7 @@ class Command(BaseCommand):
             for org_name, people in PEOPLE.items():
                 for email, role, full_name in people:
                     self._user(organizations[org_name], email, role, full_name, password)
-            self._agreements(organizations)
-        # Demo weights for the registry, so a one-machine run can generate without real GPT-2 weights.
-        call_command("checkpoint_demo", stdout=self.stdout)
-        self._print_logins(password)
+        return organizations
 
     def _organization(self, spec: dict) -> Organization:
         existing = Organization.objects.filter(name=spec["name"]).first()
@@ -114,32 +142,38 @@ class Command(BaseCommand):
             services.user_set_password(actor=None, user=user, password=password)
         return user
 
-    def _agreements(self, organizations: dict[str, Organization]) -> None:
-        """The published agreement; Partner A active on gpt2 + gpt2-medium, Partner B out for signature."""
-        from agreements import services as agreements
-        from agreements.models import Agreement, AgreementTemplate, TemplateVersion
-        from models_registry.models import Checkpoint
+    @staticmethod
+    def _legal() -> User:
+        return User.objects.get(email="legal@lab.example")
 
-        legal = User.objects.get(email="legal@lab.example")
-        template = AgreementTemplate.objects.filter(name=TEMPLATE_NAME).first()
-        if template is None:
-            body = (Path(agreements.__file__).parent / "default_template.md").read_text()
-            version = agreements.template_create(actor=legal, name=TEMPLATE_NAME, body=body, description=TEMPLATE_NOTE)
-            agreements.template_version_publish(actor=legal, version=version)
-        version = TemplateVersion.objects.filter(template__name=TEMPLATE_NAME, status="published").latest("number")
-        small = list(Checkpoint.objects.filter(slug__in=["gpt2", "gpt2-medium"]))
+    def _template(self) -> TemplateVersion:
+        """The published agreement template (made from agreements/default_template.md on first run)."""
+        if not AgreementTemplate.objects.filter(name=TEMPLATE_NAME).exists():
+            body = (Path(agreements_app.__file__).parent / "default_template.md").read_text()
+            version = agreements.template_create(
+                actor=self._legal(), name=TEMPLATE_NAME, body=body, description=TEMPLATE_NOTE
+            )
+            agreements.template_version_publish(actor=self._legal(), version=version)
+        return TemplateVersion.objects.filter(template__name=TEMPLATE_NAME, status="published").latest("number")
+
+    def _agreements(self, organizations: dict[str, Organization]) -> None:
+        """Partner A active on gpt2 + gpt2-medium, Partner B's agreement out for signature."""
+        version = self._template()
+        small = list(Checkpoint.objects.filter(slug__in=["gpt2", "gpt2-medium"]).order_by("parameter_count"))
         live = [Agreement.Status.ACTIVE, Agreement.Status.OUT_FOR_SIGNATURE, Agreement.Status.PARTNER_SIGNED]
 
         partner_a = organizations["Partner A"]
         if not Agreement.objects.filter(organization=partner_a, status__in=live).exists():
-            agreement = self._sent_agreement(legal, partner_a, version, small, PURPOSE_A)
+            agreement = self._sent_agreement(self._legal(), partner_a, version, small, PURPOSE_A)
             for email in ("signer@partner-a.example", "legal@lab.example"):
                 agreement.refresh_from_db()
                 self._sign(User.objects.get(email=email), agreement)
         partner_b = organizations["Partner B"]
         if not Agreement.objects.filter(organization=partner_b, status__in=live).exists():
-            self._sent_agreement(legal, partner_b, version, small[:1], PURPOSE_B)
-        # Partner A's sealed record, made now (not left to the worker) so records_verify can check it at once.
+            self._sent_agreement(self._legal(), partner_b, version, small[:1], PURPOSE_B)
+
+    def _seal_records(self, partner_a: Organization) -> None:
+        """Partner A's sealed record, made now (not left to the worker) so records_verify can check it at once."""
         for active in Agreement.objects.filter(organization=partner_a, status=Agreement.Status.ACTIVE):
             try:
                 call_command("records_seal", active.pk, stdout=self.stdout)
@@ -147,8 +181,6 @@ class Command(BaseCommand):
                 self.stderr.write(str(exc))
 
     def _sent_agreement(self, legal, organization, version, checkpoints, purpose):
-        from agreements import services as agreements
-
         draft = agreements.agreement_create(
             actor=legal,
             organization=organization,
@@ -164,8 +196,6 @@ class Command(BaseCommand):
         return agreements.agreement_send(actor=legal, agreement=draft)
 
     def _sign(self, user: User, agreement) -> None:
-        from agreements import services as agreements
-
         agreements.agreement_sign(
             actor=user,
             agreement=agreement,
