@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -316,12 +317,20 @@ def access_check(
     tokens: int = 0,
     now: datetime | None = None,
     check_quota: bool = True,
+    known_grant: AccessGrant | None = None,
+    hold: Callable[[AccessGrant], object] | None = None,
 ) -> AccessDecision:
     """May `organization` use `checkpoint` now for up to `tokens` more tokens?
 
     Checks, in order: the checkpoint's status (a kill switch beats any agreement), a live grant
     from an active agreement (term checked here, not only by the hourly sweep), and the daily
     token quota (from the usage ledger). Callers audit refusals with services.access_refusal_log.
+
+    `known_grant`, with `check_quota=False`: a grant the caller has just read with its agreement (the
+    worker: the job's grant, read as it claimed the job). If it is still live, some live grant exists
+    and the organisation's grants need not be read again; if not, they are, to name what is missing.
+    `hold` is called with the chosen grant just before the quota is read: usage_reserve locks the
+    grant's ledger row there, so submissions at once are checked one after the other.
     """
     now = now or timezone.now()
     slug = checkpoint.slug
@@ -330,16 +339,26 @@ def access_check(
     if checkpoint.status == Checkpoint.Status.EMBARGOED:
         return _refuse("embargoed", f"checkpoint {slug} is embargoed{_reason(checkpoint.status_reason)}")
 
-    grants = list(
-        AccessGrant.objects.filter(organization=organization, checkpoint=checkpoint)
-        .select_related("agreement")
-        .order_by("-created_at", "-pk")
-    )
-    live = [g for g in grants if g.is_live(now) and g.agreement.status == Agreement.Status.ACTIVE]
-    if not live:
-        return _explain_no_grant(organization=organization, checkpoint=checkpoint, grants=grants, now=now)
-    # Several live grants (an amendment that adds to, not replaces, an agreement): the most generous.
-    grant = max(live, key=lambda g: (g.daily_token_quota, g.ends_at))
+    if (
+        not check_quota
+        and known_grant is not None
+        and known_grant.organization_id == organization.pk
+        and known_grant.checkpoint_id == checkpoint.pk
+        and known_grant.is_live(now)
+        and known_grant.agreement.status == Agreement.Status.ACTIVE
+    ):
+        grant = known_grant  # without a quota to check, any live grant answers as well as the most generous
+    else:
+        grants = list(
+            AccessGrant.objects.filter(organization=organization, checkpoint=checkpoint)
+            .select_related("agreement")
+            .order_by("-created_at", "-pk")
+        )
+        live = [g for g in grants if g.is_live(now) and g.agreement.status == Agreement.Status.ACTIVE]
+        if not live:
+            return _explain_no_grant(organization=organization, checkpoint=checkpoint, grants=grants, now=now)
+        # Several live grants (an amendment that adds to, not replaces, an agreement): the most generous.
+        grant = max(live, key=lambda g: (g.daily_token_quota, g.ends_at))
     overdue = overdue_obligation(organization=organization, now=now)
     if overdue is not None:
         # Paused, not ended: the grant and its term stand, and access resumes once the report arrives.
@@ -353,6 +372,8 @@ def access_check(
         # The worker re-checks a job whose tokens were reserved at submission: only the grant matters.
         return AccessDecision(allowed=True, grant=grant, code="ok", message=f"{slug} may be used", quota_left=None)
 
+    if hold is not None:
+        hold(grant)
     used = tokens_charged_today(organization=organization, checkpoint=checkpoint, now=now)
     quota = grant.daily_token_quota
     left = max(quota - used, 0)

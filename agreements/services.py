@@ -11,7 +11,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Max, QuerySet
+from django.db.models import F, Max, QuerySet
+from django.db.models.functions import Greatest
 from django.urls import reverse
 from django.utils import timezone
 
@@ -919,7 +920,9 @@ def _usage_row(grant: AccessGrant, day: date) -> GrantUsage:
     return usage
 
 
-@transaction.atomic
+# No savepoints: both run inside their caller's transaction (a job's submission or its end), return
+# rather than raise, and a failed statement fails that whole transaction anyway.
+@transaction.atomic(savepoint=False)
 def usage_reserve(
     *, organization: Organization, checkpoint: Checkpoint, tokens: int, now: datetime | None = None
 ) -> AccessDecision:
@@ -930,28 +933,31 @@ def usage_reserve(
     nothing; the caller raises it (and audits it with access_refusal_log).
     """
     now = now or timezone.now()
-    decision = access_check(organization=organization, checkpoint=checkpoint, now=now, check_quota=False)
-    if not decision.allowed:
-        return decision
-    assert decision.grant is not None
-    usage = _usage_row(decision.grant, now.astimezone(UTC).date())
-    decision = access_check(organization=organization, checkpoint=checkpoint, tokens=tokens, now=now)
+    day = now.astimezone(UTC).date()
+    held: list[GrantUsage] = []
+    decision = access_check(
+        organization=organization,
+        checkpoint=checkpoint,
+        tokens=tokens,
+        now=now,
+        hold=lambda grant: held.append(_usage_row(grant, day)),
+    )
     if decision.allowed:
-        assert decision.grant is not None
-        if decision.grant.pk != usage.grant_id:
-            usage = _usage_row(decision.grant, usage.day)
+        assert decision.grant is not None and held and held[0].grant_id == decision.grant.pk
+        usage = held[0]
         usage.tokens_reserved += tokens
         usage.save(update_fields=["tokens_reserved"])
     return decision
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)
 def usage_settle(*, grant: AccessGrant, day: date, reserved: int, used: int) -> None:
     """A job ended: its reservation made on `day` becomes what it generated (0 when it never ran)."""
-    usage = _usage_row(grant, day)
-    usage.tokens_reserved = max(usage.tokens_reserved - reserved, 0)
-    usage.tokens_used += used
-    usage.save(update_fields=["tokens_reserved", "tokens_used"])
+    # One UPDATE reads, locks and writes the row; a missing row (never expected) is made first.
+    changes = {"tokens_reserved": Greatest(F("tokens_reserved") - reserved, 0), "tokens_used": F("tokens_used") + used}
+    if not GrantUsage.objects.filter(grant=grant, day=day).update(**changes):
+        _usage_row(grant, day)
+        GrantUsage.objects.filter(grant=grant, day=day).update(**changes)
 
 
 # --- Refusals at the choke point -------------------------------------------------------------------

@@ -391,55 +391,73 @@ def lease_deadline() -> datetime:
     return timezone.now() + timedelta(seconds=settings.INFERENCE_LEASE_SECONDS)
 
 
-def job_claim_batch(*, job_id: int, worker: str) -> list[GenerationJob]:
+def job_claim_batch(*, job_id: int, worker: str, device: str = "") -> list[GenerationJob]:
     """Claim the job (queued, or running under a lapsed lease) and compatible queued ones for one batch.
 
     Claiming is a conditional UPDATE, so a redelivered message or a second worker finds nothing to
-    claim and runs nothing twice. Returns [] when the job is not ours to run.
+    claim and runs nothing twice. Returns [] when the job is not ours to run. `device`, when the
+    worker knows it already, is shown on the claimed jobs from the start.
     """
     now = timezone.now()
+    deadline = lease_deadline()
+    claim: dict[str, object] = {
+        "status": GenerationJob.Status.RUNNING,
+        "worker": worker,
+        "started_at": now,
+        "lease_expires_at": deadline,
+        "progress_tokens": 0,
+        "attempts": F("attempts") + 1,
+    }
+    if device:
+        claim["device"] = device
     claimable = Q(status=GenerationJob.Status.QUEUED) | Q(status=GenerationJob.Status.RUNNING, lease_expires_at__lt=now)
+    # Everything the access re-check, generation and the results need, read once with the claim.
+    related = ("checkpoint", "organization", "grant__agreement")
     with transaction.atomic():
         claimed = GenerationJob.objects.filter(
             claimable, pk=job_id, attempts__lt=settings.INFERENCE_MAX_ATTEMPTS
-        ).update(
-            status=GenerationJob.Status.RUNNING,
-            worker=worker,
-            started_at=now,
-            lease_expires_at=lease_deadline(),
-            progress_tokens=0,
-            attempts=F("attempts") + 1,
-        )
+        ).update(**claim)
         if not claimed:
             return []
-        lead = GenerationJob.objects.select_related("checkpoint").get(pk=job_id)
+        lead = GenerationJob.objects.select_related(*related).get(pk=job_id)
+        jobs = [lead]
         rows = lead.num_samples
-        others = []
-        candidates = (
-            GenerationJob.objects.select_for_update(skip_locked=True)
-            .filter(status=GenerationJob.Status.QUEUED, checkpoint_id=lead.checkpoint_id)
-            .exclude(pk=job_id)
-            .order_by("created_at", "pk")[: settings.INFERENCE_BATCH_MAX_JOBS - 1]
-        )
-        for candidate in candidates:
-            if rows + candidate.num_samples > settings.INFERENCE_BATCH_MAX_ROWS:
-                break
-            rows += candidate.num_samples
-            others.append(candidate.pk)
-        if others:
-            GenerationJob.objects.filter(pk__in=others, status=GenerationJob.Status.QUEUED).update(
-                status=GenerationJob.Status.RUNNING,
-                worker=worker,
-                started_at=now,
-                lease_expires_at=lease_deadline(),
-                progress_tokens=0,
-                attempts=F("attempts") + 1,
+        others: list[GenerationJob] = []
+        if settings.INFERENCE_BATCH_MAX_JOBS > 1:
+            # Locked (this table's rows only) until the transaction ends: no one else can claim them meanwhile.
+            candidates = (
+                GenerationJob.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related(*related)
+                .filter(status=GenerationJob.Status.QUEUED, checkpoint_id=lead.checkpoint_id)
+                .exclude(pk=job_id)
+                .order_by("created_at", "pk")[: settings.INFERENCE_BATCH_MAX_JOBS - 1]
             )
-        jobs = list(
-            GenerationJob.objects.select_related("checkpoint", "organization", "grant__agreement")
-            .filter(pk__in=[job_id, *others], status=GenerationJob.Status.RUNNING, worker=worker)
-            .order_by("created_at", "pk")
-        )
+            for candidate in candidates:
+                if rows + candidate.num_samples > settings.INFERENCE_BATCH_MAX_ROWS:
+                    break
+                rows += candidate.num_samples
+                others.append(candidate)
+        if others:
+            updated = GenerationJob.objects.filter(
+                pk__in=[job.pk for job in others], status=GenerationJob.Status.QUEUED
+            ).update(**claim)
+            if updated == len(others):
+                # The rows are locked and were queued: the UPDATE changed exactly what it says.
+                for job in others:
+                    job.status, job.worker, job.started_at = GenerationJob.Status.RUNNING, worker, now
+                    job.lease_expires_at, job.progress_tokens, job.attempts = deadline, 0, job.attempts + 1
+                    if device:
+                        job.device = device
+                jobs.extend(others)
+            else:  # never expected under the locks; read back what really is ours
+                jobs = list(
+                    GenerationJob.objects.select_related(*related).filter(
+                        pk__in=[job_id, *(job.pk for job in others)],
+                        status=GenerationJob.Status.RUNNING,
+                        worker=worker,
+                    )
+                )
+            jobs.sort(key=lambda job: (job.created_at, job.pk))
         for job in jobs:
             audit_append(
                 actor=None,
@@ -475,11 +493,14 @@ def job_recheck_access(*, job: GenerationJob, worker: str) -> AccessDecision | N
 
     The quota was reserved at submission, so only the grant, its agreement and the checkpoint matter here.
     """
-    decision = access_check(organization=job.organization, checkpoint=job.checkpoint, check_quota=False)
+    decision = access_check(
+        organization=job.organization, checkpoint=job.checkpoint, check_quota=False, known_grant=job.grant
+    )
     if decision.allowed:
         return None
     access_refusal_log(actor=None, organization=job.organization, checkpoint=job.checkpoint, decision=decision)
-    job_fail(job=job, worker=worker, code="access_denied", message=decision.message[:1].upper() + decision.message[1:])
+    message = decision.message[:1].upper() + decision.message[1:]
+    job_fail(job=job, worker=worker, code="access_denied", message=message, device="")  # it never ran anywhere
     return decision
 
 
@@ -500,50 +521,51 @@ def job_complete(
     batch_size: int,
     timings: dict[str, float],
 ) -> bool:
-    """Store a job's samples, counts and timings in one transaction; False if the job is no longer ours."""
-    locked = (
-        GenerationJob.objects.select_for_update(of=("self",))
-        .select_related("organization", "checkpoint")
-        .filter(pk=job.pk, status=GenerationJob.Status.RUNNING, worker=worker, attempts=job.attempts)
-    )
-    row = locked.first()
-    if row is None:
-        return False  # the sweeper gave it to someone else; their result counts, not ours
+    """Store a job's samples, counts and timings in one transaction; False if the job is no longer ours.
+
+    `job` is the row as claimed (with its checkpoint, organization and grant); it is updated in place.
+    """
     samples = [(index, storable_text(text), count) for index, text, count in samples]
+    tokens = sum(count for _, _, count in samples)
+    changes: dict[str, object] = {
+        "tokens_generated": tokens,
+        "progress_tokens": tokens,
+        "prompt_tokens": prompt_tokens,
+        "status": GenerationJob.Status.CANCELLED if cancelled else GenerationJob.Status.SUCCEEDED,
+        "finished_at": timezone.now(),
+        "device": device,
+        "batch_size": batch_size,
+        "timings": timings,
+        "lease_expires_at": None,
+    }
+    if cancelled:
+        changes["error_code"] = "cancelled"
+        changes["error_message"] = f"Cancelled while running; kept the {tokens:,} tokens generated so far."
+    # A conditional UPDATE locks the row and says whether the job is still ours, in one statement.
+    ours = GenerationJob.objects.filter(
+        pk=job.pk, status=GenerationJob.Status.RUNNING, worker=worker, attempts=job.attempts
+    ).update(**changes)
+    if not ours:
+        return False  # the sweeper gave it to someone else; their result counts, not ours
+    for name, value in changes.items():
+        setattr(job, name, value)
+    hashes = [hashlib.sha256(text.encode()).hexdigest() for _, text, _ in samples]
     Sample.objects.bulk_create(
         [
-            Sample(job=row, index=index, text=text, token_count=count, sha256=hashlib.sha256(text.encode()).hexdigest())
-            for index, text, count in samples
+            Sample(job=job, index=index, text=text, token_count=count, sha256=sha256)
+            for (index, text, count), sha256 in zip(samples, hashes, strict=True)
         ]
     )
-    row.tokens_generated = sum(count for _, _, count in samples)
-    row.progress_tokens = row.tokens_generated
-    row.prompt_tokens = prompt_tokens
-    row.status = GenerationJob.Status.CANCELLED if cancelled else GenerationJob.Status.SUCCEEDED
-    row.finished_at = timezone.now()
-    row.device = device
-    row.batch_size = batch_size
-    row.timings = timings
-    row.lease_expires_at = None
-    if cancelled:
-        row.error_code = "cancelled"
-        row.error_message = f"Cancelled while running; kept the {row.tokens_generated:,} tokens generated so far."
-    row.save(
-        update_fields=[
-            "tokens_generated", "progress_tokens", "prompt_tokens", "status", "finished_at", "device",
-            "batch_size", "timings", "lease_expires_at", "error_code", "error_message",
-        ]
-    )  # fmt: skip
-    _usage_settle(row)
+    _usage_settle(job)
     audit_append(
         actor=None,
         action=events.JOB_CANCELLED if cancelled else events.JOB_SUCCEEDED,
-        target=row,
-        organization=row.organization,
+        target=job,
+        organization=job.organization,
         data={
-            "tokens_generated": row.tokens_generated,
-            "samples": [hashlib.sha256(text.encode()).hexdigest() for _, text, _ in samples],
-            "weights_sha256": row.checkpoint.weights_sha256,
+            "tokens_generated": job.tokens_generated,
+            "samples": hashes,
+            "weights_sha256": job.checkpoint.weights_sha256,
             "device": device,
             "worker": worker,
         },
@@ -552,7 +574,7 @@ def job_complete(
 
 
 @transaction.atomic
-def job_fail(*, job: GenerationJob, worker: str | None, code: str, message: str) -> bool:
+def job_fail(*, job: GenerationJob, worker: str | None, code: str, message: str, device: str | None = None) -> bool:
     filters = {"pk": job.pk, "status__in": [GenerationJob.Status.RUNNING, GenerationJob.Status.QUEUED]}
     if worker is not None:
         filters["worker"] = worker
@@ -564,7 +586,11 @@ def job_fail(*, job: GenerationJob, worker: str | None, code: str, message: str)
     row.error_code = code
     row.error_message = message
     row.lease_expires_at = None
-    row.save(update_fields=["status", "finished_at", "error_code", "error_message", "lease_expires_at"])
+    fields = ["status", "finished_at", "error_code", "error_message", "lease_expires_at"]
+    if device is not None:
+        row.device = device
+        fields.append("device")
+    row.save(update_fields=fields)
     _usage_settle(row)
     audit_append(actor=None, action=events.JOB_FAILED, target=row, organization=row.organization, data={"code": code})
     return True

@@ -70,17 +70,22 @@ def run_job(self, job_id: int) -> list[int]:
     message is redelivered (reject_on_worker_lost) or the sweeper re-queues the jobs once their lease
     lapses; attempts are counted on the job rows, not in the broker.
     """
+    from inference import engine  # torch: only a generation worker ever gets here (prepare_generation)
+
     worker = self.request.hostname or "worker"
-    jobs = services.job_claim_batch(job_id=job_id, worker=worker)
+    # Known before claiming, so the claim itself shows where the jobs run (no separate write).
+    device = engine.pick_device(settings.INFERENCE_DEVICE or None)
+    jobs = services.job_claim_batch(job_id=job_id, worker=worker, device=device)
     if not jobs:
         return []
     runnable = [job for job in jobs if services.job_recheck_access(job=job, worker=worker) is None]
     if runnable:
-        _generate(runnable, worker)
+        _generate(runnable, worker, device=device)
     return [job.pk for job in jobs]
 
 
-def _generate(jobs: list, worker: str, *, retrying: bool = False) -> None:
+def _generate(jobs: list, worker: str, *, retrying: bool = False, device: str | None = None) -> None:
+    """Generate a claimed batch; `device` given means the claim already recorded it on the jobs."""
     from inference import engine  # torch: only a generation worker ever gets here (prepare_generation)
 
     checkpoint = jobs[0].checkpoint
@@ -101,8 +106,9 @@ def _generate(jobs: list, worker: str, *, retrying: bool = False) -> None:
         for job in jobs
     ]
     cancel_poll = _CancelPoll(list(by_key), worker)
-    device = engine.pick_device(settings.INFERENCE_DEVICE or None)
-    services.job_mark_device(job_ids=list(by_key), worker=worker, device=device)
+    if device is None:
+        device = engine.pick_device(settings.INFERENCE_DEVICE or None)
+        services.job_mark_device(job_ids=list(by_key), worker=worker, device=device)
     cache = engine.get_default_cache(settings.INFERENCE_MODEL_CACHE_MB * 1024 * 1024)
     started = time.perf_counter()
     try:
@@ -123,8 +129,8 @@ def _generate(jobs: list, worker: str, *, retrying: bool = False) -> None:
         # a job that still does not fit fails with a clear message and the worker keeps serving.
         if len(jobs) > 1 and not retrying:
             half = len(jobs) // 2
-            _generate(jobs[:half], worker, retrying=True)
-            _generate(jobs[half:], worker, retrying=True)
+            _generate(jobs[:half], worker, retrying=True, device=device)
+            _generate(jobs[half:], worker, retrying=True, device=device)
             return
         for job in jobs:
             services.job_fail(

@@ -216,3 +216,18 @@ def test_refusals_are_audited_by_the_caller(partner_a, researcher_a, checkpoints
     assert event.actor == researcher_a
     assert event.data["code"] == "no_agreement"
     assert event.data["message"] == "no active agreement grants gpt2-large"
+
+
+def test_the_workers_recheck_with_the_jobs_grant_still_names_what_is_missing(
+    partner_a, partner_b, checkpoints, make_agreement, lab_admin
+):
+    grant = make_agreement(partner_a, ["gpt2"]).grants.get()
+    assert check(partner_a, checkpoints["gpt2"], check_quota=False, known_grant=grant).grant == grant
+    # Another organisation's grant answers nothing for this one.
+    assert check(partner_b, checkpoints["gpt2"], check_quota=False, known_grant=grant).code == "no_agreement"
+    jobs.checkpoint_withdraw(actor=lab_admin, checkpoint=checkpoints["gpt2"], reason="weights leaked publicly")
+    services.checkpoint_restore(actor=lab_admin, checkpoint=checkpoints["gpt2"])
+    checkpoints["gpt2"].refresh_from_db()
+    grant.refresh_from_db()
+    decision = check(partner_a, checkpoints["gpt2"], check_quota=False, known_grant=grant)
+    assert decision.code == "revoked" and not decision.allowed

@@ -8,6 +8,8 @@ from datetime import timedelta
 import pytest
 import time_machine
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from agreements import services as agreements
@@ -160,6 +162,25 @@ def test_access_revoked_between_submit_and_start_fails_the_job(legal, researcher
     assert job.status == GenerationJob.Status.FAILED and job.error_code == "access_denied"
     assert "terminated" in job.error_message.lower()
     assert not job.samples.exists() and job.tokens_generated == 0
+    assert job.device == ""  # it never ran anywhere
+
+
+def test_a_job_costs_a_few_statements_to_submit_and_run(researcher_a, active, gpt2):
+    tasks.run_job.run(submit(researcher_a, gpt2).pk)  # the first of the day makes the usage row
+
+    def statements(queries) -> list[str]:  # the test's own savepoints are not the job's
+        return [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+
+    with CaptureQueriesContext(connection) as submitted:
+        job = submit(researcher_a, gpt2)
+    with CaptureQueriesContext(connection) as ran:
+        tasks.run_job.run(job.pk)
+    job.refresh_from_db()
+    assert job.status == GenerationJob.Status.SUCCEEDED and job.device == "cpu"
+    # Access check and reservation 5, the job 1, its audit event 3.
+    assert len(statements(submitted)) <= 9, "\n".join(statements(submitted))
+    # Claim 3 (the batch search too) + audit 3, re-check 1, results 3 + audit 3 + webhook endpoints 1.
+    assert len(statements(ran)) <= 14, "\n".join(statements(ran))
 
 
 def test_compatible_queued_jobs_are_claimed_as_one_batch(researcher_a, active, gpt2, settings):
