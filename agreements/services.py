@@ -1293,18 +1293,9 @@ def _lock_open(obligation: Obligation) -> Obligation:
     return obligation
 
 
-@transaction.atomic
-def obligation_fulfil(*, actor: User, obligation: Obligation, fulfilment: str) -> Obligation:
-    """Mark a report obligation met (a finding that says it fulfils it). Access paused by it resumes."""
-    if role_of(actor) not in PARTNER_ROLES or actor.membership.organization_id != obligation.organization_id:
-        raise PermissionDenied("Only the organisation that owes a report fulfils it.")
-    fulfilment = fulfilment.strip()
-    if not fulfilment:
-        raise ValidationError("Say what fulfils the obligation (a finding's reference).")
-    obligation = _lock_open(obligation)
-    now = timezone.now()
-    was_overdue = obligation.is_overdue(now)
-    obligation.fulfilled_at = now
+def _mark_fulfilled(obligation: Obligation, *, actor: User, fulfilment: str) -> None:
+    """Fulfilled now by `actor`, audited with whether it came late."""
+    obligation.fulfilled_at = timezone.now()
     obligation.fulfilled_by = actor
     obligation.fulfilment = fulfilment[:300]
     obligation.save(update_fields=["fulfilled_at", "fulfilled_by", "fulfilment"])
@@ -1321,6 +1312,19 @@ def obligation_fulfil(*, actor: User, obligation: Obligation, fulfilment: str) -
             "by": fulfilment,
         },
     )
+
+
+@transaction.atomic
+def obligation_fulfil(*, actor: User, obligation: Obligation, fulfilment: str) -> Obligation:
+    """Mark a report obligation met (a finding that says it fulfils it). Access paused by it resumes."""
+    if role_of(actor) not in PARTNER_ROLES or actor.membership.organization_id != obligation.organization_id:
+        raise PermissionDenied("Only the organisation that owes a report fulfils it.")
+    fulfilment = fulfilment.strip()
+    if not fulfilment:
+        raise ValidationError("Say what fulfils the obligation (a finding's reference).")
+    obligation = _lock_open(obligation)
+    was_overdue = obligation.is_overdue(timezone.now())
+    _mark_fulfilled(obligation, actor=actor, fulfilment=fulfilment)
     if was_overdue and obligation.pauses_access:
         _notify_access_resumed(obligation, f"{fulfilment} fulfilled it")
     return obligation
@@ -1342,23 +1346,7 @@ def obligation_record_kept(
     obligation = _obligation_create(
         agreement=agreement, kind=kind, due_at=due_at, description=description, checkpoint=checkpoint
     )
-    obligation.fulfilled_at = timezone.now()
-    obligation.fulfilled_by = actor
-    obligation.fulfilment = fulfilment[:300]
-    obligation.save(update_fields=["fulfilled_at", "fulfilled_by", "fulfilment"])
-    audit_append(
-        actor=actor,
-        action=events.OBLIGATION_FULFILLED,
-        target=obligation,
-        organization=agreement.organization,
-        data={
-            "obligation": obligation.reference,
-            "kind": kind,
-            "due_at": due_at.isoformat(),
-            "late": obligation.fulfilled_late,
-            "by": fulfilment,
-        },
-    )
+    _mark_fulfilled(obligation, actor=actor, fulfilment=fulfilment)
     return obligation
 
 
