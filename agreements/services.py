@@ -799,37 +799,42 @@ def agreements_remind_due(*, now: datetime | None = None) -> list[str]:
 # --- Grants: created by an agreement becoming active, revoked when it ends -------------------------
 
 
+def _grant_create(
+    *, agreement: Agreement, checkpoint: Checkpoint, starts: datetime, actor: User | None, reason: str = ""
+) -> AccessGrant:
+    """One grant of `checkpoint` under `agreement` from `starts` to the agreement's end, at its quota; audited."""
+    ends = day_start(agreement.end_date)
+    grant = AccessGrant.objects.create(
+        organization=agreement.organization,
+        checkpoint=checkpoint,
+        agreement=agreement,
+        starts_at=starts,
+        ends_at=ends,
+        daily_token_quota=agreement.daily_token_quota,
+    )
+    data: dict[str, Any] = {
+        "agreement": agreement.reference,
+        "checkpoint": checkpoint.slug,
+        "starts_at": starts.isoformat(),
+        "ends_at": ends.isoformat(),
+        "daily_token_quota": agreement.daily_token_quota,
+    }
+    if reason:
+        data["reason"] = reason
+    audit_append(actor=actor, action=events.GRANT_CREATED, target=grant, organization=agreement.organization, data=data)
+    return grant
+
+
 @transaction.atomic
 def grants_create_for_agreement(*, agreement: Agreement, actor: User | None) -> list[AccessGrant]:
     """An agreement became active: grant its organisation each checkpoint for its term and quota."""
-    starts, ends = day_start(agreement.effective_date), day_start(agreement.end_date)
-    grants = []
+    starts = day_start(agreement.effective_date)
     # Publicly released checkpoints come with every agreement, whether or not it names them.
     granted = agreement.checkpoints.all() | Checkpoint.objects.exclude(public_since=None)
-    for checkpoint in granted.distinct().order_by("parameter_count"):
-        grant = AccessGrant.objects.create(
-            organization=agreement.organization,
-            checkpoint=checkpoint,
-            agreement=agreement,
-            starts_at=starts,
-            ends_at=ends,
-            daily_token_quota=agreement.daily_token_quota,
-        )
-        audit_append(
-            actor=actor,
-            action=events.GRANT_CREATED,
-            target=grant,
-            organization=agreement.organization,
-            data={
-                "agreement": agreement.reference,
-                "checkpoint": checkpoint.slug,
-                "starts_at": starts.isoformat(),
-                "ends_at": ends.isoformat(),
-                "daily_token_quota": agreement.daily_token_quota,
-            },
-        )
-        grants.append(grant)
-    return grants
+    return [
+        _grant_create(agreement=agreement, checkpoint=checkpoint, starts=starts, actor=actor)
+        for checkpoint in granted.distinct().order_by("parameter_count")
+    ]
 
 
 @transaction.atomic
@@ -844,32 +849,14 @@ def grants_create_for_public_release(*, checkpoint: Checkpoint, actor: User) -> 
         .exclude(grants__checkpoint=checkpoint)
     )
     for agreement in active.select_related("organization").order_by("pk"):
-        ends = day_start(agreement.end_date)
-        if ends <= now:
+        if day_start(agreement.end_date) <= now:
             continue  # the hourly expiry has not caught up with it yet
-        grant = AccessGrant.objects.create(
-            organization=agreement.organization,
-            checkpoint=checkpoint,
-            agreement=agreement,
-            starts_at=max(now, day_start(agreement.effective_date)),
-            ends_at=ends,
-            daily_token_quota=agreement.daily_token_quota,
+        starts = max(now, day_start(agreement.effective_date))
+        grants.append(
+            _grant_create(
+                agreement=agreement, checkpoint=checkpoint, starts=starts, actor=actor, reason="public release"
+            )
         )
-        audit_append(
-            actor=actor,
-            action=events.GRANT_CREATED,
-            target=grant,
-            organization=agreement.organization,
-            data={
-                "agreement": agreement.reference,
-                "checkpoint": checkpoint.slug,
-                "starts_at": grant.starts_at.isoformat(),
-                "ends_at": ends.isoformat(),
-                "daily_token_quota": agreement.daily_token_quota,
-                "reason": "public release",
-            },
-        )
-        grants.append(grant)
     return grants
 
 
