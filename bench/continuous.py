@@ -1,11 +1,15 @@
-"""Continuous batching benchmark: even against mixed job lengths, three ways of decoding them.
+"""Continuous batching benchmark: even against mixed job lengths, four ways of decoding them.
 
 Django-free. Builds a random GPT-2 with the 124M body (12 layers x 768, 12 heads, 1024 positions;
 demo vocabulary from a locally trained tokenizer) in a temporary folder, then runs 16 greedy jobs
 two ways: (a) every job asks for 64 new tokens, (b) the jobs ask for 8..128 new tokens (a fixed
-list). Each workload goes through three implementations:
+list). Each workload goes through four implementations:
 
-- `engine`: inference.engine.generate in batches of 8, as the worker runs jobs today;
+- `engine`: inference.engine's continuous batching (`generate(..., max_rows=8)`, as the worker's
+  running batch decodes): all 16 queued at once, at most 8 rows decoding, a waiting job joining
+  at the step a row ends;
+- `engine_static`: inference.engine.generate in batches of 8, each run until its longest job ends
+  (the worker before continuous batching);
 - `hf_generate`: transformers `model.generate()` in batches of 8, left padded, each batch run to
   its longest job and the shorter rows truncated afterwards;
 - `hf_continuous`: transformers continuous batching, at most 8 requests per forward pass.
@@ -14,11 +18,11 @@ list). Each workload goes through three implementations:
 
 It prints one JSON object: useful tokens/s (the tokens each job asked for and got, never padding
 or a truncated row's extra steps) per implementation and workload, mixed/even per implementation,
-and whether the greedy tokens are identical across the three, with every mismatch listed.
+and whether the greedy tokens are identical across the four, with every mismatch listed.
 
     .venv/bin/python bench/continuous.py [--threads 1] [--budget-s 240]
 
-Target for a future engine: mixed/even throughput at least 0.85, identical greedy outputs.
+Target for the engine: mixed/even throughput at least 0.85, identical greedy outputs.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ EVEN_TOKENS = 64
 # 8, 16, ... 128 in a fixed shuffled order, so each batch of 8 holds short and long jobs alike
 # (sorted, one batch would get all the short jobs and static batching would look better than it is).
 MIXED_TOKENS = [128, 8, 96, 40, 64, 16, 120, 32, 72, 24, 112, 56, 88, 48, 104, 80]
-IMPLEMENTATIONS = ("engine", "hf_generate", "hf_continuous")
+IMPLEMENTATIONS = ("engine", "engine_static", "hf_generate", "hf_continuous")
 # Continuous batching's paged KV cache: 64-token pages, enough for every job at once (a job needs
 # at most 3 pages: prompt under 20 tokens plus 128 new ones), sized here because on a CPU transformers
 # cannot infer it from free GPU memory.
@@ -66,7 +70,7 @@ def _forbid_eos(folder: Path, eos: int) -> None:
     eos stopping off in three different ways, dimension 0 of the final hidden state is made a
     constant 100 (ln_f weight 0, bias 100) and only eos reads it in the (tied) output embedding,
     with -100: its logit sits near -1e4 while the others keep their random values. The same
-    checkpoint goes to all three implementations, so the comparison stays exact.
+    checkpoint goes to every implementation, so the comparison stays exact.
     """
     from safetensors.torch import load_file, save_file
 
@@ -82,37 +86,18 @@ def _forbid_eos(folder: Path, eos: int) -> None:
     path.chmod(0o644)
 
 
-class _RecordingTokenizer:
-    """Passes everything to the engine's tokenizer and keeps the token ids it is asked to decode.
-
-    The engine returns text only; comparing token for token needs its ids, which it hands to
-    `decode` once per row, in request order.
-    """
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.decoded: list[list[int]] = []
-
-    def __call__(self, *args, **kwargs):
-        return self.inner(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    def decode(self, ids, **kwargs):
-        self.decoded.append([int(i) for i in ids])
-        return self.inner.decode(ids, **kwargs)
-
-
-def _run_engine(engine, folder, prompts, limits, cache, recorder) -> list[list[int]]:
-    recorder.decoded.clear()
-    for start in range(0, len(prompts), BATCH):
-        requests = [
-            engine.GenerationRequest(n, prompts[n], engine.SamplingParams(max_new_tokens=limits[n], temperature=0))
-            for n in range(start, min(start + BATCH, len(prompts)))
-        ]
-        engine.generate(folder, requests, device="cpu", cache=cache)
-    return list(recorder.decoded)
+def _run_engine(engine, folder, prompts, limits, cache, *, continuous: bool) -> list[list[int]]:
+    requests = [
+        engine.GenerationRequest(n, prompt, engine.SamplingParams(max_new_tokens=limits[n], temperature=0))
+        for n, prompt in enumerate(prompts)
+    ]
+    if continuous:  # all queued at once, at most BATCH rows decoding, a waiting job joining as a row ends
+        results = engine.generate(folder, requests, device="cpu", cache=cache, max_rows=BATCH)
+    else:  # batches of BATCH, each run until its longest job ends
+        results = []
+        for start in range(0, len(requests), BATCH):
+            results += engine.generate(folder, requests[start : start + BATCH], device="cpu", cache=cache)
+    return [list(result.samples[0].token_ids) for result in results]
 
 
 def _run_hf_generate(model, prompt_ids, limits, eos: int) -> list[list[int]]:
@@ -256,15 +241,14 @@ def main() -> None:
             cache.clear()
             _forbid_eos(folder, eos)
             loaded = cache.get(folder, "cpu")
-            recorder = _RecordingTokenizer(loaded.tokenizer)
-            loaded.tokenizer = recorder
             # A second copy for transformers: continuous batching switches its attention implementation.
             model = GPT2LMHeadModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval()
 
             prompts = _prompts(corpus, JOBS)
-            prompt_ids = [recorder(p, add_special_tokens=False)["input_ids"] for p in prompts]
+            prompt_ids = [loaded.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
             runners = {
-                "engine": lambda limits: _run_engine(engine, folder, prompts, limits, cache, recorder),
+                "engine": lambda limits: _run_engine(engine, folder, prompts, limits, cache, continuous=True),
+                "engine_static": lambda limits: _run_engine(engine, folder, prompts, limits, cache, continuous=False),
                 "hf_generate": lambda limits: _run_hf_generate(model, prompt_ids, limits, eos),
                 "hf_continuous": lambda limits: _run_hf_continuous(model, prompt_ids, limits, eos),
             }
@@ -354,7 +338,7 @@ def main() -> None:
             "n_head": info.n_head,
             "vocab_size": info.vocab_size,
             "parameters": info.parameter_count,
-            "eos": "logit held near -1e4, so every job runs to its own limit in all three",
+            "eos": "logit held near -1e4, so every job runs to its own limit in all four",
         },
         "jobs": JOBS,
         "batch": BATCH,

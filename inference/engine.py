@@ -28,13 +28,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from safetensors import safe_open
-from transformers import AutoTokenizer, Cache, GPT2LMHeadModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, Cache, DynamicCache, GPT2LMHeadModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
 from transformers.utils import logging as transformers_logging
+
+from inference.static_decode import BUCKETS, StaticDecoder, bucket_for
 
 # Loading weights draws a progress bar on stderr, which a Celery worker logs as a warning per load.
 transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers
 
 DEFAULT_CACHE_BYTES = 8 * 1024**3
+# Slots of a model's static KV pool when nothing asked for another size (see `warm`).
+DEFAULT_STATIC_ROWS = 32
 
 # Test seam: called with the step number before every forward pass, so a test can raise
 # torch.OutOfMemoryError on a CPU-only machine.
@@ -72,6 +77,7 @@ class SampleResult:
     index: int
     text: str
     token_count: int
+    token_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -99,6 +105,9 @@ class LoadedModel:
     nbytes: int
     eos_token_id: int
     n_positions: int
+    # The static KV pool and decode steps (CUDA graphs on a GPU), made by `warm` or the first
+    # batch that decodes statically; it goes with the model when the cache evicts it.
+    static: StaticDecoder | None = None
 
 
 def pick_device(preferred: str | None = None) -> str:
@@ -221,6 +230,36 @@ def _load_model(folder: Path, device: str) -> LoadedModel:
     )
 
 
+def warm(
+    folder: Path | str,
+    device: str | None = None,
+    *,
+    rows: int = DEFAULT_STATIC_ROWS,
+    cache: ModelCache | None = None,
+    compile: bool | None = None,
+    ahead: bool = True,
+) -> LoadedModel:
+    """Load a checkpoint and make its static decoder: a KV pool of `rows` slots and, with
+    `compile` (default: on CUDA), a CUDA graph per batch-size bucket and context window, captured
+    now when `ahead` (a few seconds per model) or else on first use. For a GPU worker's start.
+
+    A step that fails to capture runs eagerly, with one warning; serving goes on.
+    """
+    loaded = (cache if cache is not None else get_default_cache()).get(folder, pick_device(device))
+    compile = loaded.device.startswith("cuda") if compile is None else compile
+    decoder = loaded.static
+    if decoder is None or decoder.rows != bucket_for(rows) or decoder.compile != compile:
+        loaded.static = None  # the old pool goes before the new one is allocated
+        _free_memory()
+        decoder = loaded.static = StaticDecoder(loaded.model, rows=rows, compile=compile)
+    if ahead and compile and decoder.claim(warm):
+        try:
+            decoder.warm()
+        finally:
+            decoder.release_owner(warm)
+    return loaded
+
+
 def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -231,11 +270,21 @@ def _free_memory() -> None:
 class _Row:
     """One sample being decoded: a request expands to num_samples rows."""
 
-    request: int
+    key: Hashable
     index: int
-    prompt_ids: list[int]
     params: SamplingParams
     generator: torch.Generator | None
+    tokens: list[int]
+
+
+@dataclass
+class _Request:
+    """A request in a running batch: its rows still decoding and the samples already finished."""
+
+    request: GenerationRequest
+    prompt_tokens: int
+    open_rows: int
+    samples: list[SampleResult]
 
 
 def _row_seed(seed: int, index: int) -> int:
@@ -244,143 +293,405 @@ def _row_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
+def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """`tensor` widened to `width` along `dim` with zeros in front (padding the attention mask hides)."""
+    missing = width - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+class RunningBatch:
+    """Rows being decoded on one loaded checkpoint; requests join between steps and leave as they end.
+
+    Iteration-level batching: a row that reaches end of text or its own limit leaves at that step
+    (its KV-cache row dropped), and a request admitted between steps is prefilled on its own and
+    merged into the running cache, left-padded so that every row appends one column per step.
+    Each row keeps its own sampling parameters and random stream, so a seeded request gives the
+    same samples alone, batched from the start or joining mid-flight.
+
+    With `static` (default: on CUDA) the rows decode through the model's StaticDecoder instead,
+    each in a slot of its preallocated KV pool, with fixed-shape steps a GPU replays as CUDA
+    graphs. The batch falls back to the dynamic cache when the decoder is busy with another batch
+    or the rows outgrow its pool. Both paths give the same tokens.
+    """
+
+    def __init__(self, loaded: LoadedModel, *, max_rows: int = 0, static: bool | None = None) -> None:
+        self.loaded = loaded
+        self.max_rows = max_rows
+        self.static = loaded.device.startswith("cuda") if static is None else static
+        self._decoder: StaticDecoder | None = None  # held while rows decode through it
+        self._slots: list[int] = []  # per row: its slot in the decoder
+        self.rows: list[_Row] = []
+        self.requests: dict[Hashable, _Request] = {}
+        self.steps = 0
+        self._cache: Cache | None = None
+        self._mask = torch.zeros((0, 0), dtype=torch.long, device=loaded.device)
+        self._next = torch.zeros((0,), dtype=torch.long, device=loaded.device)
+        self._sampler: _Sampler | None = None
+
+    def __len__(self) -> int:
+        """Requests still decoding."""
+        return len(self.requests)
+
+    @property
+    def room(self) -> int:
+        """Rows that may still join (a batch with no limit always has room)."""
+        return max(self.max_rows - len(self.rows), 0) if self.max_rows else 2**31
+
+    def refusal(self, request: GenerationRequest) -> str | None:
+        """Why `request` cannot run on this checkpoint at all, or None."""
+        if request.key in self.requests:
+            return f"request {request.key!r} is already in this batch"
+        prompt = len(_encode(self.loaded.tokenizer, request.prompt))
+        if prompt + request.params.max_new_tokens > self.loaded.n_positions:
+            return (
+                f"request {request.key!r}: {prompt} prompt tokens plus max_new_tokens "
+                f"{request.params.max_new_tokens} exceed the context of {self.loaded.n_positions}"
+            )
+        return None
+
+    def progress(self) -> dict[Hashable, int]:
+        """New tokens so far per request still decoding."""
+        counts = {key: sum(s.token_count for s in state.samples) for key, state in self.requests.items()}
+        for row in self.rows:
+            counts[row.key] += len(row.tokens)
+        return counts
+
+    @torch.inference_mode()
+    def add(self, requests: list[GenerationRequest]) -> list[RequestResult]:
+        """Prefill `requests` and merge them in; returns those already finished by their first token.
+
+        Raises ValueError (nothing admitted) when one cannot run, GenerationOOM (nothing admitted,
+        the running rows intact) when the prefill runs out of memory.
+        """
+        if not requests:
+            return []
+        if len({r.key for r in requests}) != len(requests):
+            raise ValueError("request keys must be unique within a batch")
+        for request in requests:
+            reason = self.refusal(request)
+            if reason:
+                raise ValueError(reason)
+        tokenizer, device, eos = self.loaded.tokenizer, self.loaded.device, self.loaded.eos_token_id
+        prompts = [_encode(tokenizer, r.prompt) for r in requests]
+        rows: list[_Row] = []
+        owners: list[int] = []  # per new row: which prompt of this prefill it continues
+        for n, request in enumerate(requests):
+            params = request.params
+            for index in range(params.num_samples):
+                generator = None
+                if params.temperature > 0:
+                    seed = secrets.randbits(63) if params.seed is None else _row_seed(params.seed, index)
+                    generator = torch.Generator().manual_seed(seed)
+                rows.append(_Row(request.key, index, params, generator, []))
+                owners.append(n)
+
+        # One prefill row per prompt, its cache then repeated for each sample of that prompt.
+        width = max(len(ids) for ids in prompts)
+        input_ids = torch.full((len(prompts), width), eos, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for n, ids in enumerate(prompts):
+            input_ids[n, width - len(ids) :] = torch.tensor(ids)
+            mask[n, width - len(ids) :] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        try:
+            _inject_fault(self.steps)
+            out = self.loaded.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                # Positions count real tokens only, so a padded row sees the positions it would see alone.
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True,
+                logits_to_keep=1,  # the prompt's other positions need no logits
+            )
+        except torch.OutOfMemoryError:
+            oom = True
+        else:
+            oom = False
+        if oom:  # outside the except block, the frames holding the tensors are gone
+            _free_memory()
+            raise GenerationOOM(len(rows))
+
+        expand = torch.tensor(owners, device=device)
+        new_cache: Cache = out.cache
+        _kv_apply(new_cache, lambda kv: kv[expand])
+        first = _Sampler(rows, device).choose(out.logits[expand, -1, :].float())
+        self._merge(new_cache, mask[expand], rows)
+        for n, request in enumerate(requests):
+            self.requests[request.key] = _Request(request, len(prompts[n]), request.params.num_samples, [])
+        return self._advance(first, start=len(self.rows) - len(rows))
+
+    @torch.inference_mode()
+    def step(self) -> list[RequestResult]:
+        """One decoding step for every row; returns the requests that finished in it.
+
+        Raises GenerationOOM (the batch intact, as before the step) when the step runs out of memory.
+        """
+        if not self.rows:
+            return []
+        if self._decoder is not None:
+            return self._static_step()
+        width = self._mask.shape[1]
+        mask = torch.cat([self._mask, self._mask.new_ones((len(self.rows), 1))], dim=-1)
+        try:
+            _inject_fault(self.steps)
+            out = self.loaded.model(
+                input_ids=self._next[:, None],
+                attention_mask=mask,
+                position_ids=mask.sum(-1, keepdim=True) - 1,
+                # transformers 5 names the KV cache `cache`, in and out; `past_key_values` is deprecated.
+                cache=self._cache,
+                use_cache=True,
+            )
+        except torch.OutOfMemoryError:
+            oom = True
+        else:
+            oom = False
+        if oom:
+            # Layers the step reached grew by one column: cut them back so the batch can go on.
+            assert self._cache is not None
+            _kv_apply(self._cache, lambda kv: kv[..., :width, :])
+            _free_memory()
+            raise GenerationOOM(len(self.rows))
+        self._cache, self._mask = out.cache, mask
+        self.steps += 1
+        if self._sampler is None:
+            self._sampler = _Sampler(self.rows, self.loaded.device)
+        return self._advance(self._sampler.choose(out.logits[:, -1, :].float()), start=0)
+
+    def _static_step(self) -> list[RequestResult]:
+        assert self._decoder is not None
+        try:
+            _inject_fault(self.steps)
+            # The decoder undoes its own changes when the step raises.
+            logits = self._decoder.step(self._next, self._slots)
+        except torch.OutOfMemoryError:
+            oom = True
+        else:
+            oom = False
+        if oom:
+            _free_memory()
+            raise GenerationOOM(len(self.rows))
+        self.steps += 1
+        if self._sampler is None:
+            self._sampler = _Sampler(self.rows, self.loaded.device)
+        return self._advance(self._sampler.choose(logits.float()), start=0)
+
+    def cancel(self, keys: AbstractSet[Hashable]) -> list[RequestResult]:
+        """Stop these requests now; each keeps the tokens it has, marked cancelled."""
+        keys = {key for key in keys if key in self.requests}
+        if not keys:
+            return []
+        for row in self.rows:
+            if row.key in keys:
+                self._finish_row(row)
+        self._keep([i for i, row in enumerate(self.rows) if row.key not in keys])
+        return [self._result(key, cancelled=True) for key in keys]
+
+    def shed(self, rows: int) -> list[GenerationRequest]:
+        """Drop the most recently joined requests until at most `rows` rows remain; returns them unfinished.
+
+        Their tokens are discarded: run again later, a seeded request gives the same samples.
+        """
+        dropped: list[GenerationRequest] = []
+        for key in reversed(list(self.requests)):
+            if len(self.rows) <= rows or len(self.requests) == 1:
+                break
+            dropped.append(self.requests.pop(key).request)
+            self._keep([i for i, row in enumerate(self.rows) if row.key != key])
+        return dropped[::-1]
+
+    def _advance(self, tokens: torch.Tensor, *, start: int) -> list[RequestResult]:
+        """Append sampled tokens to rows from `start` on, drop the rows that ended, return finished requests."""
+        eos = self.loaded.eos_token_id
+        keep: list[int] = list(range(start))
+        finished: list[Hashable] = []
+        for i, token in enumerate(tokens.tolist(), start=start):
+            row = self.rows[i]
+            if token != eos:
+                row.tokens.append(token)
+            if token == eos or len(row.tokens) >= row.params.max_new_tokens:
+                if self._finish_row(row):
+                    finished.append(row.key)
+            else:
+                keep.append(i)
+        self._next[start:] = tokens
+        if len(keep) < len(self.rows):
+            self._keep(keep)
+        return [self._result(key, cancelled=False) for key in finished]
+
+    def _finish_row(self, row: _Row) -> bool:
+        """Keep a row's sample; True when it was its request's last open row."""
+        state = self.requests[row.key]
+        text = cast(
+            str, self.loaded.tokenizer.decode(row.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        )
+        state.samples.append(SampleResult(row.index, text, len(row.tokens), tuple(row.tokens)))
+        state.open_rows -= 1
+        return state.open_rows == 0
+
+    def _result(self, key: Hashable, *, cancelled: bool) -> RequestResult:
+        state = self.requests.pop(key)
+        samples = sorted(state.samples, key=lambda s: s.index)
+        return RequestResult(key, samples, state.prompt_tokens, sum(s.token_count for s in samples), cancelled)
+
+    def _merge(self, cache: Cache, mask: torch.Tensor, rows: list[_Row]) -> None:
+        """Append prefilled rows, left-padding whichever side is narrower (or into free static slots)."""
+        self._sampler = None
+        if not self.rows:
+            self._claim_decoder()
+        if self._decoder is not None and len(rows) > self._decoder.free:
+            self._leave_decoder()
+        if self._decoder is not None:
+            slots = self._decoder.allocate(len(rows))
+            kv = _kv_layers(cache)
+            self._decoder.admit(slots, kv[0::2], kv[1::2], mask)
+            self._slots = self._slots + slots
+            self._next = torch.cat([self._next, self._next.new_zeros(len(rows))])
+            self.rows = self.rows + rows
+            return
+        if self._cache is None or not self.rows:
+            self._cache, self._mask, self.rows = cache, mask, rows
+            self._next = torch.zeros((len(rows),), dtype=torch.long, device=mask.device)
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+        theirs = iter(_kv_layers(cache))
+        _kv_apply(self._cache, lambda kv: torch.cat([_pad_left(kv, width, -2), _pad_left(next(theirs), width, -2)]))
+        self._mask = torch.cat([_pad_left(self._mask, width, 1), _pad_left(mask, width, 1)])
+        self._next = torch.cat([self._next, self._next.new_zeros(len(rows))])
+        self.rows = self.rows + rows
+
+    def _keep(self, indices: list[int]) -> None:
+        """Keep only these rows, and drop leading columns that are padding for every row left."""
+        self._sampler = None
+        self.rows = [self.rows[i] for i in indices]
+        if self._decoder is not None:
+            kept = set(indices)
+            self._decoder.release([slot for i, slot in enumerate(self._slots) if i not in kept])
+            self._slots = self._decoder.repack([self._slots[i] for i in indices])
+            if not indices:
+                self._leave_decoder()
+        if not indices:
+            self._cache = None
+            self._mask = self._mask[:0, :0]
+            self._next = self._next[:0]
+            return
+        index = torch.tensor(indices, device=self._next.device)
+        if self._decoder is not None:
+            self._next = self._next[index]
+            return
+        mask = self._mask[index]
+        first = int(mask.any(0).int().argmax())
+        self._mask, self._next = mask[:, first:], self._next[index]
+        if self._cache is not None:
+            _kv_apply(self._cache, lambda kv: kv[index, :, first:, :])
+
+    def _claim_decoder(self) -> None:
+        """Decode through the model's static decoder from now on, when this batch should and may."""
+        self._leave_decoder()
+        if not self.static:
+            return
+        decoder = self.loaded.static
+        if decoder is None:
+            rows = bucket_for(min(self.max_rows, BUCKETS[-1])) if self.max_rows else DEFAULT_STATIC_ROWS
+            compile = self.loaded.device.startswith("cuda")
+            decoder = self.loaded.static = StaticDecoder(self.loaded.model, rows=rows, compile=compile)
+        if decoder.claim(self):
+            self._decoder, self._slots, self._cache = decoder, [], None
+
+    def _leave_decoder(self) -> None:
+        """Move the rows (if any) from the static decoder into a dynamic cache, and let the decoder go."""
+        decoder, self._decoder = self._decoder, None
+        if decoder is None:
+            return
+        if self.rows:
+            keys, values, self._mask = decoder.export(self._slots)
+            self._cache = DynamicCache(config=self.loaded.model.config)
+            for layer, (layer_keys, layer_values) in enumerate(zip(keys, values, strict=True)):
+                self._cache.update(layer_keys, layer_values, layer)
+        self._slots = []
+        decoder.release_owner(self)
+
+
+def _kv_layers(cache: Cache) -> list[torch.Tensor]:
+    """Every block's keys then values, in the order _kv_apply visits them."""
+    tensors: list[torch.Tensor] = []
+    for layer in cache.layers:
+        layer = cast(DynamicLayer, layer)  # GPT-2's blocks all cache into a DynamicLayer
+        if layer.is_initialized and layer.keys is not None and layer.values is not None:
+            tensors += [layer.keys, layer.values]
+    return tensors
+
+
+def _kv_apply(cache: Cache, change: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Replace every block's keys and values [rows, heads, columns, head_dim] with change(them)."""
+    for layer in cache.layers:
+        layer = cast(DynamicLayer, layer)
+        if layer.is_initialized and layer.keys is not None and layer.values is not None:
+            layer.keys, layer.values = change(layer.keys), change(layer.values)
+
+
+def _inject_fault(step: int) -> None:
+    if _fault_injector is not None:
+        _fault_injector(step)
+
+
 def generate(
     folder: Path | str,
     requests: list[GenerationRequest],
     *,
     device: str | None = None,
     cache: ModelCache | None = None,
+    max_rows: int = 0,
     on_progress: Callable[[dict[Hashable, int]], None] | None = None,
     should_cancel: Callable[[], AbstractSet[Hashable]] | None = None,
     progress_interval_s: float = 0.5,
 ) -> list[RequestResult]:
-    """Run `requests` against one checkpoint as a single batch, results in request order.
+    """Run `requests` against one checkpoint, results in request order.
 
-    `on_progress` gets new tokens so far per key, at most every `progress_interval_s`.
-    `should_cancel` is polled between steps; the keys it returns stop and keep what they have.
-    Raises GenerationOOM when CUDA runs out of memory, after freeing it.
+    With `max_rows`, at most that many rows decode at once and waiting requests join, in order,
+    as rows leave; 0 runs them all together. `on_progress` gets new tokens so far per key, at most
+    every `progress_interval_s`. `should_cancel` is polled between steps; the keys it returns stop
+    and keep what they have. Raises GenerationOOM when the device runs out of memory, after freeing it.
     """
     if not requests:
         return []
     if len({r.key for r in requests}) != len(requests):
         raise ValueError("request keys must be unique within a batch")
     loaded = (cache if cache is not None else get_default_cache()).get(folder, pick_device(device))
-
-    rows: list[_Row] = []
-    prompt_tokens: list[int] = []
-    for n, request in enumerate(requests):
-        ids = _encode(loaded.tokenizer, request.prompt)
-        params = request.params
-        if len(ids) + params.max_new_tokens > loaded.n_positions:
-            raise ValueError(
-                f"request {request.key!r}: {len(ids)} prompt tokens plus max_new_tokens "
-                f"{params.max_new_tokens} exceed the context of {loaded.n_positions}"
-            )
-        prompt_tokens.append(len(ids))
-        for index in range(params.num_samples):
-            generator = None
-            if params.temperature > 0:
-                seed = secrets.randbits(63) if params.seed is None else _row_seed(params.seed, index)
-                generator = torch.Generator().manual_seed(seed)
-            rows.append(_Row(n, index, ids, params, generator))
-
-    try:
-        generated, stopped = _decode(loaded, rows, requests, on_progress, should_cancel, progress_interval_s)
-    except torch.OutOfMemoryError:
-        oom = True
-    else:
-        oom = False
-    if oom:
-        # Outside the except block the traceback, and the batch tensors its frames hold, are gone.
-        _free_memory()
-        raise GenerationOOM(len(rows))
-
-    results = [RequestResult(r.key, [], prompt_tokens[n], 0, cancelled=n in stopped) for n, r in enumerate(requests)]
-    for row, tokens in zip(rows, generated, strict=True):
-        # One sequence of ids decodes to one string (a batch would give a list).
-        text = cast(str, loaded.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False))
-        result = results[row.request]
-        result.samples.append(SampleResult(row.index, text, len(tokens)))
-        result.new_tokens += len(tokens)
-    return results
-
-
-@torch.inference_mode()
-def _decode(
-    loaded: LoadedModel,
-    rows: list[_Row],
-    requests: list[GenerationRequest],
-    on_progress: Callable[[dict[Hashable, int]], None] | None,
-    should_cancel: Callable[[], AbstractSet[Hashable]] | None,
-    progress_interval_s: float,
-) -> tuple[list[list[int]], set[int]]:
-    """Decode every row to eos or its own limit; return its tokens and the cancelled requests."""
-    device, eos = loaded.device, loaded.eos_token_id
-    width = max(len(row.prompt_ids) for row in rows)
-    # Left padding lines the last prompt tokens up, so each step appends one column for all rows.
-    input_ids = torch.full((len(rows), width), eos, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
-        mask[i, width - len(row.prompt_ids) :] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    # Positions count real tokens only, so a padded row sees the positions it would see alone.
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    sampler = _Sampler(rows, device)
-
-    generated: list[list[int]] = [[] for _ in rows]
-    done = [False] * len(rows)
-    stopped: set[int] = set()
-    cache: Cache | None = None
+    batch = RunningBatch(loaded, max_rows=max_rows)
+    for request in requests:
+        reason = batch.refusal(request)
+        if reason:
+            raise ValueError(reason)
+    waiting = list(requests)
+    results: dict[Hashable, RequestResult] = {}
     last_progress = time.monotonic()
-    step = 0
-    while True:
+    while waiting or batch:
+        joining: list[GenerationRequest] = []
+        room = batch.room
+        while waiting and (waiting[0].params.num_samples <= room or not (batch or joining)):
+            room -= waiting[0].params.num_samples
+            joining.append(waiting.pop(0))
+        finished = batch.add(joining)
         if should_cancel is not None:
-            cancelled = should_cancel()
-            for i, row in enumerate(rows):
-                if not done[i] and requests[row.request].key in cancelled:
-                    done[i] = True
-                    stopped.add(row.request)
-        if all(done):
-            break
-        if _fault_injector is not None:
-            _fault_injector(step)
-
-        # transformers 5 names the KV cache `cache`, in and out; `past_key_values` is deprecated.
-        out = loaded.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,  # the prompt's other positions need no logits
-        )
-        cache = out.cache
-        next_tokens = sampler.choose(out.logits[:, -1, :].float(), done)
-        for i, token in enumerate(next_tokens.tolist()):
-            if done[i]:
-                continue
-            if token == eos:
-                done[i] = True
-                continue
-            generated[i].append(token)
-            done[i] = len(generated[i]) >= rows[i].params.max_new_tokens
-
-        # Finished rows ride along on eos until the batch ends; their outputs are ignored.
-        input_ids = next_tokens.masked_fill(torch.tensor(done, device=device), eos)[:, None]
-        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
-        # Clamped: a finished short row would otherwise run past the position table.
-        positions = (mask.sum(-1, keepdim=True) - 1).clamp(max=loaded.n_positions - 1)
-        step += 1
-
+            cancelled = set(should_cancel())
+            finished += batch.cancel(cancelled)
+            for request in [r for r in waiting if r.key in cancelled]:
+                waiting.remove(request)
+                results[request.key] = RequestResult(request.key, [], 0, 0, cancelled=True)
+        finished += batch.step()
+        results.update((result.key, result) for result in finished)
         now = time.monotonic()
         if on_progress is not None and now - last_progress >= progress_interval_s:
             last_progress = now
-            counts: dict[Hashable, int] = {r.key: 0 for r in requests}
-            for row, tokens in zip(rows, generated, strict=True):
-                counts[requests[row.request].key] += len(tokens)
-            on_progress(counts)
-    return generated, stopped
+            on_progress(
+                {**{r.key: 0 for r in waiting}, **{r.key: r.new_tokens for r in results.values()}, **batch.progress()}
+            )
+    return [results[r.key] for r in requests]
 
 
 class _Sampler:
@@ -401,7 +712,7 @@ class _Sampler:
         self.no_filter = all(p.top_k == 0 and p.top_p >= 1 for p in sampled)
         self.k_bound = max(p.top_k for p in sampled) if sampled and all(p.top_k > 0 for p in sampled) else 0
 
-    def choose(self, logits: torch.Tensor, done: list[bool]) -> torch.Tensor:
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
         greedy_tokens = logits.argmax(dim=-1)
         if self.all_greedy:
             return greedy_tokens
@@ -430,7 +741,7 @@ class _Sampler:
         # batched and solo logits move interval edges slightly instead of reordering tokens.
         draws = torch.zeros(len(self.rows), 1)
         for i, row in enumerate(self.rows):
-            if row.generator is not None and not done[i]:
+            if row.generator is not None:
                 draws[i, 0] = torch.rand((), generator=row.generator)
         cdf = probs.cumsum(dim=-1)
         targets = draws.to(logits.device) * cdf[:, -1:]

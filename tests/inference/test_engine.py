@@ -145,7 +145,8 @@ def test_cancelling_stops_within_a_few_steps_and_keeps_partial_tokens(folder: Pa
         should_cancel=should_cancel,
     )
     assert result["cancelled"].cancelled
-    assert 0 < result["cancelled"].new_tokens <= 5
+    # Five polls let the prefill's token and five steps' through.
+    assert 0 < result["cancelled"].new_tokens <= 6
     assert result["cancelled"].samples[0].text
     assert not result["kept"].cancelled
     assert 5 < result["kept"].new_tokens <= 20, "the other job in the batch runs on"
@@ -214,3 +215,137 @@ def test_loading_a_checkpoint_writes_no_progress_bar(folder: Path, capfd: pytest
     capfd.readouterr()
     run(folder, ModelCache(), GenerationRequest("job", "The Partner may", GREEDY))
     assert "Loading weights" not in capfd.readouterr().err
+
+
+# --- Continuous batching --------------------------------------------------------------------------------
+
+MIXED = [
+    GenerationRequest("seeded", "Each amendment names the agreement it changes", SEEDED),
+    GenerationRequest("greedy", "The Partner may", GREEDY),
+    GenerationRequest("short", "Term", SamplingParams(max_new_tokens=3, temperature=0.8, seed=4)),
+    GenerationRequest("long", "Signed for the Lab " * 12, SamplingParams(max_new_tokens=30, temperature=0.7, seed=8)),
+    GenerationRequest("nucleus", "Notices", SamplingParams(max_new_tokens=9, top_p=0.5, num_samples=3, seed=5)),
+]
+
+
+def _alone(folder: Path, cache: ModelCache) -> dict[Hashable, list]:
+    return {r.key: run(folder, cache, r)[r.key].samples for r in MIXED}
+
+
+def _drain(batch: engine.RunningBatch, into: dict[Hashable, engine.RequestResult]) -> None:
+    while batch:
+        into.update((result.key, result) for result in batch.step())
+
+
+def test_requests_joining_mid_flight_give_the_same_samples_as_alone(folder: Path, cache: ModelCache) -> None:
+    alone = _alone(folder, cache)
+    batch = engine.RunningBatch(cache.get(folder, "cpu"))
+    results: dict[Hashable, engine.RequestResult] = {}
+    results.update((r.key, r) for r in batch.add(MIXED[:2]))
+    for joining in MIXED[2:]:  # each joins after a few steps, into a cache of a different width
+        for _ in range(4):
+            results.update((r.key, r) for r in batch.step())
+        results.update((r.key, r) for r in batch.add([joining]))
+    _drain(batch, results)
+    assert {key: result.samples for key, result in results.items()} == alone
+    assert not any(result.cancelled for result in results.values())
+
+
+def test_finished_rows_leave_the_batch_and_its_cache(folder: Path, cache: ModelCache) -> None:
+    batch = engine.RunningBatch(cache.get(folder, "cpu"))
+    short = GenerationRequest("short", "Signed for the Lab " * 20, SamplingParams(max_new_tokens=2, temperature=0))
+    batch.add([short, GenerationRequest("kept", "Term", GREEDY)])
+    assert len(batch.rows) == 2 and batch._mask.shape[1] > 60  # the long prompt sets the width
+    finished = batch.step()
+    assert [r.key for r in finished] == ["short"] and finished[0].samples[0].token_count == 2
+    assert len(batch.rows) == 1 and len(batch) == 1
+    # The padding the long prompt forced on the short one is gone with it.
+    assert batch._cache is not None
+    assert batch._mask.shape[1] == batch._mask.sum() == batch._cache.layers[0].keys.shape[-2] == 2
+
+
+def test_a_row_limit_lets_waiting_requests_join_as_rows_free_up(folder: Path, cache: ModelCache) -> None:
+    alone = _alone(folder, cache)
+    results = generate(folder, MIXED, device="cpu", cache=cache, max_rows=3)
+    assert {r.key: r.samples for r in results} == alone
+    batch = engine.RunningBatch(cache.get(folder, "cpu"), max_rows=3)
+    assert batch.room == 3
+    batch.add(MIXED[:2])  # 2 + 1 rows
+    assert batch.room == 0 and len(batch.rows) == 3
+
+
+def test_a_prompt_filling_the_context_joins_a_running_batch(folder: Path, cache: ModelCache) -> None:
+    loaded = cache.get(folder, "cpu")
+    words = "agreement " * 2000
+    ids = loaded.tokenizer(words, add_special_tokens=False)["input_ids"][: loaded.n_positions - 4]
+    prompt = loaded.tokenizer.decode(ids)
+    assert count_prompt_tokens(folder, prompt) == loaded.n_positions - 4
+    full = GenerationRequest("full", prompt, SamplingParams(max_new_tokens=4, temperature=0))
+    alone = run(folder, cache, full)["full"].samples
+    expected = _alone(folder, cache)["long"]
+
+    batch = engine.RunningBatch(loaded)
+    results: dict[Hashable, engine.RequestResult] = {}
+    batch.add([MIXED[3]])
+    for _ in range(5):
+        batch.step()
+    batch.add([full])
+    _drain(batch, results)
+    assert results["full"].samples == alone and results["long"].samples == expected
+    over = GenerationRequest("over", prompt, SamplingParams(max_new_tokens=5, temperature=0))
+    assert "exceed the context of 1024" in (batch.refusal(over) or "")
+
+
+def test_cancelling_a_request_that_just_joined_keeps_the_others_exact(folder: Path, cache: ModelCache) -> None:
+    alone = _alone(folder, cache)
+    batch = engine.RunningBatch(cache.get(folder, "cpu"))
+    batch.add([MIXED[0]])
+    batch.step()
+    batch.add([MIXED[3]])
+    [cancelled] = batch.cancel({"long", "unknown"})
+    assert cancelled.cancelled and cancelled.key == "long" and cancelled.new_tokens == 1
+    results: dict[Hashable, engine.RequestResult] = {}
+    _drain(batch, results)
+    assert results["seeded"].samples == alone["seeded"]
+
+
+def test_an_out_of_memory_step_leaves_the_batch_as_it_was(
+    folder: Path, cache: ModelCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone = _alone(folder, cache)
+    batch = engine.RunningBatch(cache.get(folder, "cpu"))
+    batch.add(MIXED[:4])
+    failed = False
+
+    def fail_once(step: int) -> None:
+        nonlocal failed
+        if step == 3 and not failed:
+            failed = True
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(engine, "_fault_injector", fail_once)
+    results: dict[Hashable, engine.RequestResult] = {}
+    for _ in range(3):
+        results.update((r.key, r) for r in batch.step())
+    with pytest.raises(GenerationOOM):
+        batch.step()
+    # Halving: the newest requests leave unfinished, to be run again later with the same seeds.
+    shed = batch.shed(2)
+    assert [r.key for r in shed] == ["greedy", "long"] and len(batch.rows) == 2  # "short" ended at step 3
+    _drain(batch, results)
+    for request in shed:
+        results.update((r.key, r) for r in generate(folder, [request], device="cpu", cache=cache))
+    assert {key: r.samples for key, r in results.items()} == {r.key: alone[r.key] for r in MIXED[:4]}
+
+
+def test_evicting_the_model_mid_batch_changes_nothing(checkpoints: list[Path]) -> None:
+    private = ModelCache()
+    alone = {r.key: run(checkpoints[0], private, r)[r.key].samples for r in MIXED[:2]}
+    batch = engine.RunningBatch(private.get(checkpoints[0], "cpu"))
+    batch.add(MIXED[:2])
+    batch.step()
+    private.clear()  # another checkpoint needed the memory
+    private.get(checkpoints[1], "cpu")
+    results: dict[Hashable, engine.RequestResult] = {}
+    _drain(batch, results)
+    assert {key: r.samples for key, r in results.items()} == alone
