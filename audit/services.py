@@ -53,8 +53,7 @@ def audit_append(
         organization = getattr(actor, "organization", None)
     # No savepoint: an audit row stands or falls with the caller's transaction anyway.
     with transaction.atomic(savepoint=False):
-        _wait_for_other_appenders()
-        head_seq, head_hash = ChainHead.objects.filter(pk=1).values_list("seq", "hash").first() or (0, GENESIS_HASH)
+        head_seq, head_hash = _lock_and_read_head()
         # The plugin types the foreign keys as accounts' models, which audit must not import.
         event = AuditEvent(  # type: ignore[misc]
             seq=head_seq + 1,
@@ -77,16 +76,26 @@ def audit_append(
     return event
 
 
-def _wait_for_other_appenders() -> None:
-    """Hold the append lock until this transaction ends.
+def _lock_and_read_head() -> tuple[int, str]:
+    """Hold the append lock until this transaction ends, then read the head it guards.
 
     PostgreSQL: an advisory lock, since SELECT ... FOR UPDATE on the head needs UPDATE
-    privilege, which the app's role does not have. SQLite: nothing to do, the IMMEDIATE
-    transaction already holds the database's only write lock.
+    privilege, which the app's role does not have. Both statements go in one round trip; each
+    takes its own snapshot, so the head is read after the lock is held and sees what the previous
+    appender committed. SQLite: no lock to take, the IMMEDIATE transaction already holds the
+    database's only write lock.
     """
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_APPEND_LOCK])
+            cursor.execute(
+                f"SELECT pg_advisory_xact_lock(%s); SELECT seq, hash FROM {ChainHead._meta.db_table} WHERE id = 1",
+                [AUDIT_APPEND_LOCK],
+            )
+            cursor.nextset()
+            row = cursor.fetchone()
+    else:
+        row = ChainHead.objects.filter(pk=1).values_list("seq", "hash").first()
+    return (row[0], row[1]) if row else (0, GENESIS_HASH)
 
 
 def _organization_of(target: models.Model) -> models.Model | None:

@@ -4,11 +4,13 @@ Self-contained: creates a PostgreSQL database (dropped at the end), migrates it,
 organisations, agreements and demo checkpoints into a temporary folder, flushes a Redis database,
 starts a real worker process (`celery -A config worker --pool prefork --concurrency 1`, as in
 production), warms it with one job, then
-runs N sequential 64-token jobs, polling the job row every 10 ms. Each queued job is paired with an
-in-process engine.generate() of the same input, in the same run, interleaved so that load from other
-processes hits both alike. Prints one JSON object: p50/p95 both ways, their ratio (target <= 1.2),
-the paired overhead's distribution (no 0.5 s or 2 s steps), a per-phase breakdown from the job
-rows' timestamps, and an in-process attribution (time and SQL queries per service call).
+runs N sequential 64-token jobs, each observed as a client does: waiting on the job's finished signal
+(inference.signal.job_wait_finished, what `GET /api/v1/jobs/{id}/?wait=N` calls), not polling. Each
+queued job is paired with an in-process engine.generate() of the same input, in the same run,
+interleaved so that load from other processes hits both alike. Prints one JSON object: p50/p95 both
+ways, their ratio (target <= 1.2), the paired overhead's distribution (no 0.5 s or 2 s steps), a
+per-phase breakdown from the job rows' timestamps, and an in-process attribution (time and SQL queries
+per service call).
 
     .venv/bin/python bench/queue.py [--jobs 30] [--checkpoint gpt2-medium] [--threads N]
 
@@ -41,9 +43,8 @@ from datetime import datetime  # noqa: E402
 from bench._common import emit, machine_info, quiet_transformers, stdout_to_stderr, summary  # noqa: E402
 
 TARGET_RATIO = 1.2
-POLL_S = 0.01
+POLL_S = 0.01  # the back-to-back check's wait for a job to start (no signal for starting)
 PROMPT = "The Partner may use the checkpoint only for the purpose stated in the agreement, and"
-FINISHED = {"succeeded", "failed", "cancelled"}
 
 
 def _create_database(server: str, name: str) -> None:
@@ -190,6 +191,7 @@ def main() -> None:
             from config.celery import app
             from inference import engine, services, tasks
             from inference.models import GenerationJob
+            from inference.signal import job_wait_finished
             from models_registry.models import Checkpoint
 
             app.conf.task_always_eager = False
@@ -229,18 +231,13 @@ def main() -> None:
                 t0 = time.perf_counter()
                 job = services.job_submit(actor=researcher, checkpoint=checkpoint, params=params)
                 t1 = time.perf_counter()
-                polls = 0
-                while True:
-                    row = GenerationJob.objects.filter(pk=job.pk).values(
-                        "status", "created_at", "started_at", "finished_at", "timings", "error_message"
-                    )[0]
-                    polls += 1
-                    if row["status"] in FINISHED:
-                        break
-                    if time.perf_counter() - t0 > timeout:
-                        raise RuntimeError(f"job {job.pk} still {row['status']} after {timeout} s; see {worker_log}")
-                    time.sleep(POLL_S)
+                finished = job_wait_finished(job.pk, timeout)
                 t2 = time.perf_counter()
+                row = GenerationJob.objects.filter(pk=job.pk).values(
+                    "status", "created_at", "started_at", "finished_at", "timings", "error_message"
+                )[0]
+                if not finished:
+                    raise RuntimeError(f"job {job.pk} still {row['status']} after {timeout} s; see {worker_log}")
                 if row["status"] != "succeeded":
                     raise RuntimeError(f"job {job.pk} {row['status']}: {row['error_message']}")
 
@@ -257,8 +254,7 @@ def main() -> None:
                     "generate_s": timings.get("generate_s", 0.0),
                     "load_s": timings.get("load_s", 0.0),
                     "run_other_s": run_s - timings.get("generate_s", 0.0) - timings.get("load_s", 0.0),
-                    "observe_s": (t2 - t0) - rel(row["finished_at"]),  # finished_at -> seen by the poller
-                    "polls": polls,
+                    "observe_s": (t2 - t0) - rel(row["finished_at"]),  # finished_at -> the waiter returns
                 }
 
             def direct() -> float:
@@ -302,10 +298,9 @@ def main() -> None:
                         raise RuntimeError(f"job {first.pk} never started; see {worker_log}")
                     time.sleep(0.002)
                 second = services.job_submit(actor=researcher, checkpoint=checkpoint, params=params)
-                while GenerationJob.objects.filter(pk__in=[first.pk, second.pk]).exclude(status__in=FINISHED).exists():
-                    if time.perf_counter() > deadline:
+                for pk in (first.pk, second.pk):
+                    if not job_wait_finished(pk, max(0.0, deadline - time.perf_counter())):
                         raise RuntimeError(f"jobs {first.pk}, {second.pk} did not finish; see {worker_log}")
-                    time.sleep(POLL_S)
                 a = GenerationJob.objects.get(pk=first.pk)
                 b = GenerationJob.objects.get(pk=second.pk)
                 if b.created_at < a.finished_at and b.batch_size == 1:  # B really waited behind A
@@ -326,12 +321,11 @@ def main() -> None:
             timer.patch(services, "_create_job", "submit: _create_job (tx)")
             timer.patch(services, "access_check", "access_check")
             timer.patch(services, "audit_append", "audit_append")
-            timer.patch(services, "job_claim_batch", "worker: job_claim_batch")
-            timer.patch(services, "job_recheck_access", "worker: job_recheck_access")
+            timer.patch(services, "jobs_claim", "worker: jobs_claim")
             timer.patch(services, "job_progress", "worker: job_progress")
             timer.patch(services, "job_complete", "worker: job_complete")
-            timer.patch(engine, "generate", "worker: engine.generate")
-            timer.patch(tasks, "_generate", "worker: tasks._generate (total)")
+            timer.patch(engine.RunningBatch, "add", "worker: RunningBatch.add (prefill)")
+            timer.patch(engine.RunningBatch, "step", "worker: RunningBatch.step")
             services_enqueue = services.enqueue_job
             attributed = 0
             with connection.execute_wrapper(timer.sql):
@@ -367,7 +361,7 @@ def main() -> None:
                 "checkpoint": args.checkpoint,
                 "new_tokens": args.new_tokens,
                 "jobs_measured": len(rows),
-                "poll_interval_s": POLL_S,
+                "observer": "job_wait_finished (Redis pub/sub finished signal)",
                 "queue_e2e_s": summary(e2e),
                 "generate_alone_s": base,
                 "ratio_p50": round(ratio_p50, 3),
@@ -400,7 +394,6 @@ def main() -> None:
                     "note": "B submitted while A runs: B.started_at - A.finished_at (worker idle gap)",
                 },
                 "broker_publish_s": summary(publish_times) if publish_times else None,
-                "polls_per_job_p50": summary([r["polls"] for r in rows])["p50"],
                 "attribution_in_process": {"jobs": attributed, "per_call": attribution},
                 "setup_s": {
                     "migrate": round(migrate_s, 1),

@@ -359,12 +359,20 @@ INFERENCE_MAX_ATTEMPTS = env_int("INFERENCE_MAX_ATTEMPTS", 3, minimum=1)
 INFERENCE_LEASE_SECONDS = env_int("INFERENCE_LEASE_SECONDS", 60, minimum=2)
 INFERENCE_REQUEUE_AFTER_SECONDS = env_int("INFERENCE_REQUEUE_AFTER_SECONDS", 300, minimum=5)
 INFERENCE_PROGRESS_INTERVAL = env_float("INFERENCE_PROGRESS_INTERVAL", 0.5, minimum=0.05)
+# Continuous batching: a running batch takes in queued jobs of its checkpoint as rows free up, woken by
+# each submission (Redis pub/sub) and looking at the queue every INFERENCE_JOIN_POLL_INTERVAL seconds
+# in case a signal was lost. Off, each task runs the batch it claimed to the end.
+INFERENCE_CONTINUOUS_BATCHING = env_bool("INFERENCE_CONTINUOUS_BATCHING", True)
+INFERENCE_JOIN_POLL_INTERVAL = env_float("INFERENCE_JOIN_POLL_INTERVAL", 1.0, minimum=0.0)
 INFERENCE_MODEL_CACHE_MB = env_int("INFERENCE_MODEL_CACHE_MB", 8192, minimum=1)
 INFERENCE_DEVICE = env_str("INFERENCE_DEVICE", "")
+# Checkpoints (slugs) a CUDA worker loads and captures decode graphs for when it starts.
+INFERENCE_WARM_CHECKPOINTS = env_list("INFERENCE_WARM_CHECKPOINTS", [])
 # torch CPU threads per worker process; 0 keeps torch's default (one per core).
 INFERENCE_TORCH_THREADS = env_int("INFERENCE_TORCH_THREADS", 1, minimum=0, maximum=256)
-# Time limits of a generation task (one batch). The web tier and the sweeper send them with each job
-# and the GPU worker enforces them (prefork pool): past the soft limit the batch's jobs fail clearly.
+# Time limits of a generation task (one running batch). The web tier and the sweeper send them with each
+# job and the GPU worker enforces them (prefork pool): a batch takes in new jobs for half the soft limit
+# only, and past the soft limit the batch's jobs fail clearly.
 INFERENCE_SOFT_TIME_LIMIT = env_int("INFERENCE_SOFT_TIME_LIMIT", CELERY_TASK_SOFT_TIME_LIMIT, minimum=1)
 INFERENCE_TIME_LIMIT = env_int("INFERENCE_TIME_LIMIT", CELERY_TASK_TIME_LIMIT, minimum=2)
 if INFERENCE_TIME_LIMIT <= INFERENCE_SOFT_TIME_LIMIT:

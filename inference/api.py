@@ -33,6 +33,7 @@ from core.time import utc_iso
 from inference import selectors, services
 from inference.models import GenerationJob, Sample
 from inference.services import LIMITS, JobParams
+from inference.signal import job_wait_finished
 from models_registry.models import Checkpoint
 from models_registry.selectors import checkpoints_by_slug
 
@@ -331,14 +332,59 @@ class JobListCreateApi(generics.ListAPIView):
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED, headers=headers)
 
 
-@extend_schema(tags=["jobs"])
+MAX_WAIT_S = 30
+
+WAIT_PARAMETER = OpenApiParameter(
+    "wait",
+    {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
+    OpenApiParameter.QUERY,
+    description=(
+        f"Long-poll: hold the request up to this many seconds (0 to {MAX_WAIT_S}, decimals allowed) until the job "
+        "is finished (succeeded, failed or cancelled), then answer at once; after the wait, answer with the job as "
+        "it stands. Use it instead of polling: a client learns a job finished within milliseconds."
+    ),
+)
+
+
+def parse_wait(raw: str | None) -> float:
+    """The `wait` query parameter in seconds (0 when absent); a 400 naming the parameter otherwise."""
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= MAX_WAIT_S:  # NaN fails this too
+        message = f"wait must be a number of seconds from 0 to {MAX_WAIT_S}."
+        raise ApiError(status=400, code="invalid", message=message, details={"wait": [message]})
+    return wait
+
+
+@extend_schema(
+    tags=["jobs"],
+    parameters=[WAIT_PARAMETER],
+    responses={
+        200: JobDetailSerializer,
+        400: OpenApiResponse(ErrorSerializer, description="invalid: wait is not a number from 0 to 30."),
+    },
+)
 class JobDetailApi(generics.RetrieveAPIView):
-    """One job: status and progress while it runs, samples (each labelled) once it succeeded."""
+    """One job: status and progress while it runs, samples (each labelled) once it succeeded.
+
+    With `?wait=N` the answer comes as soon as the job is finished, or after N seconds.
+    """
 
     serializer_class = JobDetailSerializer
 
     def get_object(self) -> GenerationJob:
         return selectors.job_get(user=request_user(self.request), pk=self.kwargs["pk"], with_samples=True)
+
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        wait = parse_wait(request.query_params.get("wait"))
+        job = self.get_object()  # an outsider's 404 comes before any waiting
+        if wait > 0 and not job.is_finished and job_wait_finished(job.pk, wait):
+            job = self.get_object()
+        return Response(self.get_serializer(job).data)
 
 
 @extend_schema(

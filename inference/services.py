@@ -7,12 +7,12 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
-from django.db.models import F, Q
+from django.db import connection, transaction
+from django.db.models import Case, F, IntegerField, Q, Subquery, Value, When
 from django.urls import reverse
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -28,6 +28,7 @@ from audit.services import audit_append
 from core.errors import DomainError
 from core.tasks import task_send
 from inference.models import GenerationJob, Sample
+from inference.signal import job_finished_on_commit, publish_queued
 from inference.tokens import count_prompt_tokens
 from models_registry.models import Checkpoint
 from models_registry.services import checkpoint_mark_withdrawn
@@ -260,6 +261,9 @@ def _send_job(job: GenerationJob, queue: str) -> None:
             pk=job.pk, status=GenerationJob.Status.QUEUED, last_enqueued_at=job.last_enqueued_at
         ).update(last_enqueued_at=None)
         job.last_enqueued_at = None
+        return
+    # A batch already decoding on this checkpoint with free rows takes the job in at its next step.
+    publish_queued(job.checkpoint_id, job.pk)
 
 
 @transaction.atomic
@@ -278,6 +282,7 @@ def job_cancel(*, actor: User, job: GenerationJob) -> GenerationJob:
         job.error_message = f"Cancelled by {actor.email} before it started."
         job.save(update_fields=["status", "finished_at", "cancel_requested_at", "error_code", "error_message"])
         _usage_settle(job)
+        job_finished_on_commit(job.pk, job.status)
     elif job.status == GenerationJob.Status.RUNNING:
         if job.cancel_requested_at is None:
             job.cancel_requested_at = now
@@ -350,6 +355,7 @@ def checkpoint_withdraw(*, actor: User, checkpoint: Checkpoint, reason: str) -> 
         job.lease_expires_at = None
         job.save(update_fields=["status", "error_code", "error_message", "finished_at", "lease_expires_at"])
         _usage_settle(job)
+        job_finished_on_commit(job.pk, job.status)
         cancelled.append(job.pk)
         _notify_job_cancelled(job, f"Your job #{job.pk} was cancelled before it started: {job.error_message}")
     stopping = GenerationJob.objects.filter(
@@ -391,117 +397,130 @@ def lease_deadline() -> datetime:
     return timezone.now() + timedelta(seconds=settings.INFERENCE_LEASE_SECONDS)
 
 
-def job_claim_batch(*, job_id: int, worker: str, device: str = "") -> list[GenerationJob]:
-    """Claim the job (queued, or running under a lapsed lease) and compatible queued ones for one batch.
+# Everything the access re-check, generation and the results need, read once with the claim.
+_CLAIM_RELATED = ("checkpoint", "organization", "grant__agreement")
 
-    Claiming is a conditional UPDATE, so a redelivered message or a second worker finds nothing to
-    claim and runs nothing twice. Returns [] when the job is not ours to run. `device`, when the
-    worker knows it already, is shown on the claimed jobs from the start.
+
+def jobs_claim(
+    *, worker: str, device: str, rows: int, job_id: int | None = None, checkpoint_id: int | None = None
+) -> list[GenerationJob]:
+    """Claim work for a worker with room for `rows` sample rows; returns the jobs it may run now.
+
+    With `job_id`: that job (queued, or running under a lapsed lease, below INFERENCE_MAX_ATTEMPTS),
+    even if it alone exceeds `rows` (an empty worker always has room for one job), then queued jobs
+    of its checkpoint. Without: queued jobs of `checkpoint_id`. Oldest first, up to
+    INFERENCE_BATCH_MAX_JOBS, stopping at the first that does not fit, so a large job is not passed
+    over again and again by smaller ones behind it. [] when `job_id` is not claimable: a redelivered
+    message, or another worker took it.
+
+    Each claimed job is re-checked at the choke point (the quota was reserved at submission, so only
+    the grant, its agreement and the checkpoint matter); a refused job
+    fails (access_denied) and is not returned. The rest come back running, with their checkpoint,
+    organization and grant's agreement loaded, ordered by (created_at, pk).
     """
+    if job_id is None and checkpoint_id is None:
+        raise ValueError("jobs_claim needs a job_id or a checkpoint_id")
     now = timezone.now()
     deadline = lease_deadline()
-    claim: dict[str, object] = {
-        "status": GenerationJob.Status.RUNNING,
-        "worker": worker,
-        "started_at": now,
-        "lease_expires_at": deadline,
-        "progress_tokens": 0,
-        "attempts": F("attempts") + 1,
-    }
-    if device:
-        claim["device"] = device
-    claimable = Q(status=GenerationJob.Status.QUEUED) | Q(status=GenerationJob.Status.RUNNING, lease_expires_at__lt=now)
-    # Everything the access re-check, generation and the results need, read once with the claim.
-    related = ("checkpoint", "organization", "grant__agreement")
+    queued = Q(status=GenerationJob.Status.QUEUED)
+    # Locked (this table's rows only) until the transaction ends; rows another worker is claiming
+    # right now are skipped, not waited for.
+    locked = GenerationJob.objects.select_for_update(skip_locked=True, of=("self",)).select_related(*_CLAIM_RELATED)
     with transaction.atomic():
-        claimed = GenerationJob.objects.filter(
-            claimable, pk=job_id, attempts__lt=settings.INFERENCE_MAX_ATTEMPTS
-        ).update(**claim)
-        if not claimed:
-            return []
-        lead = GenerationJob.objects.select_related(*related).get(pk=job_id)
-        jobs = [lead]
-        rows = lead.num_samples
-        others: list[GenerationJob] = []
-        if settings.INFERENCE_BATCH_MAX_JOBS > 1:
-            # Locked (this table's rows only) until the transaction ends: no one else can claim them meanwhile.
-            candidates = (
-                GenerationJob.objects.select_for_update(skip_locked=True, of=("self",))
-                .select_related(*related)
-                .filter(status=GenerationJob.Status.QUEUED, checkpoint_id=lead.checkpoint_id)
-                .exclude(pk=job_id)
-                .order_by("created_at", "pk")[: settings.INFERENCE_BATCH_MAX_JOBS - 1]
+        if job_id is not None:
+            lead = (
+                Q(pk=job_id, attempts__lt=settings.INFERENCE_MAX_ATTEMPTS)
+                & (queued | Q(status=GenerationJob.Status.RUNNING, lease_expires_at__lt=now))
+            )  # fmt: skip
+            lead_checkpoint = GenerationJob.objects.filter(pk=job_id).values("checkpoint_id")
+            lead_first = Case(When(pk=job_id, then=Value(0)), default=Value(1), output_field=IntegerField())
+            candidates = locked.filter(lead | (queued & Q(checkpoint_id=Subquery(lead_checkpoint)))).order_by(
+                lead_first, "created_at", "pk"
             )
-            for candidate in candidates:
-                if rows + candidate.num_samples > settings.INFERENCE_BATCH_MAX_ROWS:
-                    break
-                rows += candidate.num_samples
-                others.append(candidate)
-        if others:
-            updated = GenerationJob.objects.filter(
-                pk__in=[job.pk for job in others], status=GenerationJob.Status.QUEUED
-            ).update(**claim)
-            if updated == len(others):
-                # The rows are locked and were queued: the UPDATE changed exactly what it says.
-                for job in others:
-                    job.status, job.worker, job.started_at = GenerationJob.Status.RUNNING, worker, now
-                    job.lease_expires_at, job.progress_tokens, job.attempts = deadline, 0, job.attempts + 1
-                    if device:
-                        job.device = device
-                jobs.extend(others)
-            else:  # never expected under the locks; read back what really is ours
-                jobs = list(
-                    GenerationJob.objects.select_related(*related).filter(
-                        pk__in=[job_id, *(job.pk for job in others)],
-                        status=GenerationJob.Status.RUNNING,
-                        worker=worker,
-                    )
-                )
-            jobs.sort(key=lambda job: (job.created_at, job.pk))
+        else:
+            assert checkpoint_id is not None
+            candidates = locked.filter(queued, checkpoint_id=checkpoint_id).order_by("created_at", "pk")
+        found = list(candidates[: settings.INFERENCE_BATCH_MAX_JOBS])
+        if job_id is not None and (not found or found[0].pk != job_id):
+            return []
+        jobs: list[GenerationJob] = []
+        used = 0
+        for job in found:
+            if used + job.num_samples > rows and job.pk != job_id:
+                break
+            used += job.num_samples
+            jobs.append(job)
+        if not jobs:
+            return []
+        # The rows are locked and claimable: the UPDATE changes exactly these.
+        GenerationJob.objects.filter(pk__in=[job.pk for job in jobs]).update(
+            status=GenerationJob.Status.RUNNING,
+            worker=worker,
+            started_at=now,
+            lease_expires_at=deadline,
+            progress_tokens=0,
+            attempts=F("attempts") + 1,
+            device=device,
+        )
+        jobs.sort(key=lambda job: (job.created_at, job.pk))
+        batch = [job.pk for job in jobs]
         for job in jobs:
+            job.status, job.worker, job.started_at, job.device = GenerationJob.Status.RUNNING, worker, now, device
+            job.lease_expires_at, job.progress_tokens, job.attempts = deadline, 0, job.attempts + 1
             audit_append(
                 actor=None,
                 action=events.JOB_STARTED,
                 target=job,
                 organization=job.organization,
-                data={"worker": worker, "attempt": job.attempts, "batch": [j.pk for j in jobs]},
+                data={"worker": worker, "attempt": job.attempts, "batch": batch},
             )
-    return jobs
+        # The re-check: one decision per grant serves every job of that grant in the batch.
+        decisions: dict[int, AccessDecision] = {}
+        runnable = []
+        for job in jobs:
+            decision = decisions.get(job.grant_id)
+            if decision is None:
+                decision = access_check(
+                    organization=job.organization, checkpoint=job.checkpoint, check_quota=False, known_grant=job.grant
+                )
+                decisions[job.grant_id] = decision
+            if decision.allowed:
+                runnable.append(job)
+            else:
+                _fail_refused(job, worker, decision)
+    return runnable
 
 
-def job_mark_device(*, job_ids: list[int], worker: str, device: str) -> None:
-    """Show where a claimed batch runs while it runs, not only once it is done."""
-    GenerationJob.objects.filter(pk__in=job_ids, status=GenerationJob.Status.RUNNING, worker=worker).update(
-        device=device
-    )
-
-
-def job_progress(*, job_ids: list[int], tokens: dict[int, int], worker: str) -> set[int]:
-    """Record tokens so far and extend the lease; returns the jobs whose cancellation was requested."""
-    deadline = lease_deadline()
-    for job_id in job_ids:
-        GenerationJob.objects.filter(pk=job_id, status=GenerationJob.Status.RUNNING, worker=worker).update(
-            progress_tokens=tokens.get(job_id, 0), lease_expires_at=deadline
-        )
-    return set(
-        GenerationJob.objects.filter(pk__in=job_ids, cancel_requested_at__isnull=False).values_list("pk", flat=True)
-    )
-
-
-def job_recheck_access(*, job: GenerationJob, worker: str) -> AccessDecision | None:
-    """Re-ask the choke point right before generating; a refused job fails with the refusal's message.
-
-    The quota was reserved at submission, so only the grant, its agreement and the checkpoint matter here.
-    """
-    decision = access_check(
-        organization=job.organization, checkpoint=job.checkpoint, check_quota=False, known_grant=job.grant
-    )
-    if decision.allowed:
-        return None
+def _fail_refused(job: GenerationJob, worker: str, decision: AccessDecision) -> None:
     access_refusal_log(actor=None, organization=job.organization, checkpoint=job.checkpoint, decision=decision)
     message = decision.message[:1].upper() + decision.message[1:]
     job_fail(job=job, worker=worker, code="access_denied", message=message, device="")  # it never ran anywhere
-    return decision
+
+
+def job_progress(*, tokens: dict[int, int], worker: str, job_ids: list[int] | None = None) -> set[int]:
+    """Record tokens so far for the worker's running jobs and extend their lease, in one statement.
+
+    Returns the ids among them whose cancellation was requested. `job_ids` (jobs with no tokens yet
+    count as 0) is for callers that pass the whole batch; by default the jobs are `tokens`' keys. A
+    job that is no longer this worker's (the sweeper gave it away) is neither written nor returned.
+    """
+    ids = list(job_ids) if job_ids is not None else list(tokens)
+    if not ids:
+        return set()
+    table = GenerationJob._meta.db_table
+    cases = " ".join("WHEN %s THEN %s" for _ in ids)
+    placeholders = ", ".join("%s" for _ in ids)
+    params: list[Any] = [value for job_id in ids for value in (job_id, int(tokens.get(job_id, 0)))]
+    params += [connection.ops.adapt_datetimefield_value(lease_deadline()), *ids, GenerationJob.Status.RUNNING, worker]
+    # A CASE rather than UPDATE ... FROM (VALUES ...): the same statement runs on SQLite in development.
+    sql = (
+        f"UPDATE {table} SET progress_tokens = CASE id {cases} ELSE progress_tokens END, lease_expires_at = %s "
+        f"WHERE id IN ({placeholders}) AND status = %s AND worker = %s "
+        "RETURNING id, cancel_requested_at IS NOT NULL"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {job_id for job_id, cancel_requested in cursor.fetchall() if cancel_requested}
 
 
 def storable_text(text: str) -> str:
@@ -570,6 +589,7 @@ def job_complete(
             "worker": worker,
         },
     )
+    job_finished_on_commit(job.pk, job.status)
     return True
 
 
@@ -593,6 +613,7 @@ def job_fail(*, job: GenerationJob, worker: str | None, code: str, message: str,
     row.save(update_fields=fields)
     _usage_settle(row)
     audit_append(actor=None, action=events.JOB_FAILED, target=row, organization=row.organization, data={"code": code})
+    job_finished_on_commit(row.pk, row.status)
     return True
 
 

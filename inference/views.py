@@ -25,11 +25,15 @@ from inference import selectors, services
 from inference.forms import JobForm
 from inference.models import GenerationJob
 from inference.services import IdempotencyConflict
+from inference.signal import job_wait_finished
 from models_registry import selectors as registry_selectors
 from models_registry import services as registry_services
 from models_registry.forms import CheckpointStatusForm
 
 JOBS_PER_PAGE = 25
+# The job page long-polls its live part: each request returns at once when the job finishes, else after
+# this many seconds with the progress so far (the worker writes progress every half second or so).
+LIVE_WAIT_S = 2
 
 
 @login_required
@@ -119,20 +123,33 @@ class HtmxHttpRequest(HttpRequest):
 
 
 def job_live(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    """The part of the job page that changes, polled every second until the job finishes."""
+    """The part of the job page that changes, long-polled (`?wait=`) until the job finishes."""
     if not request.user.is_authenticated:
         # Signed out while watching (the session expired): a login redirect would be swapped into the
         # page, so ask htmx to load the sign-in page instead, coming back here afterwards.
         login = f"{resolve_url(settings.LOGIN_URL)}?next={reverse('job_detail', args=[pk])}"
         return HttpResponseClientRedirect(login) if request.htmx else redirect(login)
     job = selectors.job_get(user=request.user, pk=pk, with_samples=True)
+    wait = _live_wait(request.GET.get("wait"))
+    if wait and not job.is_finished and job_wait_finished(job.pk, wait):
+        job = selectors.job_get(user=request.user, pk=pk, with_samples=True)
     return render(request, "inference/_job_live_response.html", _job_context(request, job))
+
+
+def _live_wait(raw: str | None) -> float:
+    """Seconds to hold the request for the job to finish: 0 to LIVE_WAIT_S; anything else is 0 (answer now)."""
+    try:
+        wait = float(raw or 0)
+    except ValueError:
+        return 0.0
+    return wait if 0 < wait <= LIVE_WAIT_S else 0.0
 
 
 def _job_context(request: HttpRequest, job: GenerationJob) -> dict[str, object]:
     generate_s = (job.timings or {}).get("generate_s")
     return {
         "job": job,
+        "live_wait_s": LIVE_WAIT_S,
         "samples": selectors.job_samples(job) if job.is_finished else [],
         "queue_position": selectors.job_queue_position(job),
         "can_cancel": selectors.job_can_cancel(user=request_user(request), job=job),

@@ -203,7 +203,7 @@ def test_the_worker_rechecks_a_queued_job_without_counting_its_own_reservation(
     job = make_job(grant, researcher_a, max_new_tokens=512, num_samples=8)
     assert check(partner_a, checkpoints["gpt2"], tokens=job.expected_tokens).code == "quota_exceeded"
     # Its tokens were reserved at submission: the worker asks only whether the grant still holds.
-    assert jobs.job_recheck_access(job=job, worker="w1") is None
+    assert [j.pk for j in jobs.jobs_claim(job_id=job.pk, worker="w1", device="cpu", rows=64)] == [job.pk]
 
 
 def test_refusals_are_audited_by_the_caller(partner_a, researcher_a, checkpoints):

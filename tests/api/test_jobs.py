@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time as time_module
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
@@ -199,3 +200,38 @@ def test_the_hand_written_job_summary_equals_drfs_generic_one(api, researcher_a,
     detail = client.get(f"/api/v1/jobs/{job_id}/").json()
     assert {k: detail[k] for k in generic} == generic and set(JobSerializer.Meta.fields) < set(detail)
     assert generic["error"]["code"] == "cancelled" and generic["cancel_requested"] is True
+
+
+@pytest.mark.parametrize("wait", ["-1", "31", "soon", "nan", "inf"])
+def test_a_bad_wait_is_400_naming_it(api, researcher_a, active, gpt2, no_generation, wait):
+    client = api(researcher_a)
+    job = client.post("/api/v1/jobs/", job_body(), format="json").json()
+    response = client.get(f"/api/v1/jobs/{job['id']}/?wait={wait}")
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == "invalid" and "wait" in error["details"]
+
+
+def test_waiting_on_another_organisations_job_is_404_at_once(
+    api, researcher_a, researcher_b, active, gpt2, no_generation
+):
+    job = api(researcher_a).post("/api/v1/jobs/", job_body(), format="json").json()
+    started = time_module.monotonic()
+    response = api(researcher_b).get(f"/api/v1/jobs/{job['id']}/?wait=5")
+    assert response.status_code == 404 and error_of(response)["code"] == "not_found"
+    assert time_module.monotonic() - started < 2
+
+
+def test_wait_answers_with_the_job_as_it_stands_after_the_wait_or_at_once_when_finished(
+    api, researcher_a, active, gpt2, no_generation
+):
+    client = api(researcher_a)
+    job = client.post("/api/v1/jobs/", job_body(), format="json").json()
+    started = time_module.monotonic()
+    response = client.get(f"/api/v1/jobs/{job['id']}/?wait=0.3")
+    assert response.status_code == 200 and response.json()["status"] == "queued"
+    assert time_module.monotonic() - started >= 0.3
+    client.post(f"/api/v1/jobs/{job['id']}/cancel/")
+    started = time_module.monotonic()
+    response = client.get(f"/api/v1/jobs/{job['id']}/?wait=30")
+    assert response.json()["status"] == "cancelled" and time_module.monotonic() - started < 2

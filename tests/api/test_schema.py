@@ -56,8 +56,11 @@ class InTransactionWSGI:
 
 
 @pytest.fixture
-def api_schema(settings):
+def api_schema(settings, monkeypatch):
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"api": "1000000/min"}}
+    # `GET /api/v1/jobs/{id}/?wait=30` would hold each generated request for up to 30 s on a job no
+    # worker runs here: the wait answers at once (tests/api/test_jobs.py covers the real one).
+    monkeypatch.setattr("inference.api.job_wait_finished", lambda job_id, timeout_s: False)
     raw = SchemaGenerator().get_schema(request=None, public=True)
     schema = schemathesis.openapi.from_dict(raw)
     schema.app = InTransactionWSGI()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -15,7 +17,7 @@ from django.utils import timezone
 from agreements import services as agreements
 from agreements.selectors import AccessRefused
 from audit.models import AuditEvent
-from inference import engine, services, tasks
+from inference import engine, services, signal, tasks
 from inference.models import GenerationJob
 from inference.services import IdempotencyConflict, JobParams
 
@@ -177,18 +179,20 @@ def test_a_job_costs_a_few_statements_to_submit_and_run(researcher_a, active, gp
         tasks.run_job.run(job.pk)
     job.refresh_from_db()
     assert job.status == GenerationJob.Status.SUCCEEDED and job.device == "cpu"
-    # Access check and reservation 5, the job 1, its audit event 3.
-    assert len(statements(submitted)) <= 9, "\n".join(statements(submitted))
-    # Claim 3 (the batch search too) + audit 3, re-check 1, results 3 + audit 3 + webhook endpoints 1.
-    assert len(statements(ran)) <= 14, "\n".join(statements(ran))
+    # Access check and reservation 5, the job 1, its audit event 2 (lock and head in one round trip, insert).
+    assert len(statements(submitted)) <= 8, "\n".join(statements(submitted))
+    # Claim 2 (lead and batch found in one locked read) + audit 2, re-check 1, results 3 + audit 2 + webhook
+    # endpoints 1.
+    assert len(statements(ran)) <= 11, "\n".join(statements(ran))
 
 
 def test_compatible_queued_jobs_are_claimed_as_one_batch(researcher_a, active, gpt2, settings):
     settings.INFERENCE_BATCH_MAX_JOBS = 3
     jobs = [submit(researcher_a, gpt2, prompt=f"Prompt {n}") for n in range(5)]
-    claimed = services.job_claim_batch(job_id=jobs[0].pk, worker="w1")
+    claimed = services.jobs_claim(job_id=jobs[0].pk, worker="w1", device="cpu", rows=32)
     assert [j.pk for j in claimed] == [j.pk for j in jobs[:3]]
-    assert services.job_claim_batch(job_id=jobs[1].pk, worker="w2") == []  # already claimed: nothing twice
+    # Already claimed: nothing twice.
+    assert services.jobs_claim(job_id=jobs[1].pk, worker="w2", device="cpu", rows=32) == []
 
 
 def test_out_of_memory_retries_with_half_the_batch_then_fails_clearly(researcher_a, active, gpt2, monkeypatch):
@@ -205,7 +209,7 @@ def test_out_of_memory_retries_with_half_the_batch_then_fails_clearly(researcher
         job.refresh_from_db()
         assert job.status == GenerationJob.Status.FAILED
         assert job.error_code == "out_of_memory" and "ran out of memory" in job.error_message
-    assert len(calls) == 3  # the batch of 4, then each half once
+    assert len(calls) == 5  # the batch of 4, then each job alone once
 
     monkeypatch.setattr(engine, "_fault_injector", None)  # the worker keeps serving
     ok = submit(researcher_a, gpt2)
@@ -214,11 +218,41 @@ def test_out_of_memory_retries_with_half_the_batch_then_fails_clearly(researcher
     assert ok.status == GenerationJob.Status.SUCCEEDED
 
 
+def test_out_of_memory_mid_batch_halves_it_and_every_job_still_gets_its_samples(
+    researcher_a, active, gpt2, monkeypatch
+):
+    jobs = [
+        submit(researcher_a, gpt2, prompt=f"Prompt {n}", max_new_tokens=20, temperature=0.9 * (n % 2), seed=n)
+        for n in range(4)
+    ]
+    failed = []
+
+    def oom_once_at_step_3(step: int) -> None:
+        if step == 3 and not failed:
+            failed.append(step)
+            raise engine.torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(engine, "_fault_injector", oom_once_at_step_3)
+    tasks.run_job.apply(args=[jobs[0].pk])
+    monkeypatch.setattr(engine, "_fault_injector", None)
+    assert failed == [3]
+    for job in jobs:
+        job.refresh_from_db()
+        assert job.status == GenerationJob.Status.SUCCEEDED, job.error_message
+        request = engine.GenerationRequest(
+            job.pk, job.prompt, engine.SamplingParams(max_new_tokens=20, temperature=job.temperature, seed=job.seed)
+        )
+        [alone] = engine.generate(gpt2.weights_path, [request])
+        assert list(job.samples.values_list("text", flat=True)) == [s.text for s in alone.samples]
+
+
 def test_the_sweeper_requeues_lapsed_jobs_then_gives_up_after_three_attempts(researcher_a, active, gpt2, settings):
     settings.INFERENCE_LEASE_SECONDS = 10
     job = submit(researcher_a, gpt2)
     for attempt in (1, 2, 3):
-        assert [j.pk for j in services.job_claim_batch(job_id=job.pk, worker=f"dead-{attempt}")] == [job.pk]
+        assert [j.pk for j in services.jobs_claim(job_id=job.pk, worker=f"dead-{attempt}", device="cpu", rows=32)] == [
+            job.pk
+        ]
         with time_machine.travel(timezone.now() + timedelta(seconds=11 * attempt)):
             swept = services.jobs_sweep()
         job.refresh_from_db()
@@ -239,7 +273,7 @@ def test_queued_jobs_never_claimed_are_sent_again(researcher_a, active, gpt2, se
 def test_a_sample_with_a_nul_byte_is_stored_not_lost(researcher_a, active, gpt2):
     # Byte-level BPE can emit NUL, which PostgreSQL text cannot hold; the job must still finish.
     job = submit(researcher_a, gpt2)
-    [claimed] = services.job_claim_batch(job_id=job.pk, worker="w1")
+    [claimed] = services.jobs_claim(job_id=job.pk, worker="w1", device="cpu", rows=32)
     stored = services.job_complete(
         job=claimed, worker="w1", samples=[(0, "a\x00b", 3)], prompt_tokens=4, cancelled=False,
         device="cpu", batch_size=1, timings={},
@@ -275,3 +309,134 @@ def test_queue_routes_are_parsed_strictly(tmp_path):
     env.pop("DJANGO_SETTINGS_MODULE", None)
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=root, env=env, capture_output=True, text=True)
     assert result.returncode != 0 and "INFERENCE_CHECKPOINT_QUEUES" in result.stderr
+
+
+# --- jobs_claim and job_progress: what the worker loop calls ---------------------------------------------
+
+
+def test_jobs_claim_takes_the_lead_and_the_queued_jobs_that_fit_oldest_first(researcher_a, active, gpt2):
+    jobs = [submit(researcher_a, gpt2, prompt=f"Prompt {n}", num_samples=n) for n in (2, 2, 3, 1)]
+    claimed = services.jobs_claim(worker="w1", device="cpu", rows=5, job_id=jobs[0].pk)
+    # 2 + 2 fit in 5 rows; the 3-sample job does not, and the 1-sample one waits behind it.
+    assert [j.pk for j in claimed] == [jobs[0].pk, jobs[1].pk]
+    for job in claimed:
+        job.refresh_from_db()
+        assert (job.status, job.worker, job.device, job.attempts) == ("running", "w1", "cpu", 1)
+        assert job.started_at is not None and job.lease_expires_at > timezone.now()
+    assert GenerationJob.objects.filter(pk__in=[jobs[2].pk, jobs[3].pk], status="queued").count() == 2
+    started = AuditEvent.objects.filter(action="job.started", target_id__in=[str(j.pk) for j in claimed])
+    assert started.count() == 2  # each job's own trail shows it started
+
+
+def test_jobs_claim_takes_a_lead_larger_than_the_room_and_nothing_else(researcher_a, active, gpt2):
+    big, small = submit(researcher_a, gpt2, num_samples=4), submit(researcher_a, gpt2, num_samples=1)
+    assert [j.pk for j in services.jobs_claim(worker="w1", device="cpu", rows=2, job_id=big.pk)] == [big.pk]
+    assert GenerationJob.objects.get(pk=small.pk).status == "queued"
+
+
+def test_a_redelivered_message_claims_nothing(researcher_a, active, gpt2):
+    job = submit(researcher_a, gpt2)
+    assert services.jobs_claim(worker="w1", device="cpu", rows=8, job_id=job.pk)
+    assert services.jobs_claim(worker="w2", device="cpu", rows=8, job_id=job.pk) == []
+    job.refresh_from_db()
+    assert (job.worker, job.attempts) == ("w1", 1)
+
+
+def test_jobs_claim_by_checkpoint_takes_the_oldest_queued_jobs(researcher_a, active, gpt2):
+    jobs = [submit(researcher_a, gpt2, prompt=f"Prompt {n}", num_samples=2) for n in range(3)]
+    claimed = services.jobs_claim(worker="w1", device="cpu", rows=4, checkpoint_id=gpt2.pk)
+    assert [j.pk for j in claimed] == [jobs[0].pk, jobs[1].pk]
+    assert claimed[0].grant.agreement == active  # loaded with the claim, for the re-check and the results
+
+
+def test_a_job_refused_at_the_claim_fails_and_is_not_returned(legal, researcher_a, active, gpt2):
+    job = submit(researcher_a, gpt2)
+    agreements.agreement_terminate(actor=legal, agreement=active, reason="Breach of the labelling clause.")
+    assert services.jobs_claim(worker="w1", device="cpu", rows=8, job_id=job.pk) == []
+    job.refresh_from_db()
+    assert (job.status, job.error_code, job.device) == ("failed", "access_denied", "")
+    assert "terminated" in job.error_message.lower()
+    assert AuditEvent.objects.filter(action="access.refused", organization=job.organization).exists()
+
+
+def test_job_progress_is_one_statement_and_returns_the_cancelled_jobs(researcher_a, active, gpt2):
+    first, second = submit(researcher_a, gpt2, prompt="One"), submit(researcher_a, gpt2, prompt="Two")
+    services.jobs_claim(worker="w1", device="cpu", rows=8, job_id=first.pk)
+    services.job_cancel(actor=researcher_a, job=second)
+    with CaptureQueriesContext(connection) as progressed:
+        cancelled = services.job_progress(tokens={first.pk: 5, second.pk: 3}, worker="w1")
+    assert len(progressed.captured_queries) == 1
+    assert cancelled == {second.pk}
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.progress_tokens, second.progress_tokens) == (5, 3)
+    assert services.job_progress(tokens={first.pk: 7}, worker="someone-else") == set()  # not theirs
+    first.refresh_from_db()
+    assert first.progress_tokens == 5
+
+
+# --- The finished signal: a waiting client learns at once, without polling -------------------------------
+
+
+def _complete(job: GenerationJob) -> None:
+    assert services.job_complete(
+        job=job, worker="w1", samples=[(0, "text", 4)], prompt_tokens=5, cancelled=False,
+        device="cpu", batch_size=1, timings={},
+    )  # fmt: skip
+
+
+def _wait_in_thread(job_id: int, timeout_s: float, poll_s: float) -> tuple[threading.Thread, dict]:
+    """A client in another thread (its own database connection), as a web request would be."""
+    result: dict = {}
+
+    def wait() -> None:
+        try:
+            result["finished"] = signal.job_wait_finished(job_id, timeout_s, poll_s=poll_s)
+            result["at"] = time.monotonic()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    return thread, result
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_waiting_client_returns_as_soon_as_the_job_completes(researcher_a, active, gpt2, monkeypatch):
+    monkeypatch.setattr(services, "enqueue_job", lambda job: None)  # committed at once here: no eager run
+    job = submit(researcher_a, gpt2)
+    [job] = services.jobs_claim(worker="w1", device="cpu", rows=8, job_id=job.pk)
+    # Its fallback poll is far longer than the test: only the signal can wake it in time.
+    thread, result = _wait_in_thread(job.pk, timeout_s=20, poll_s=60)
+    time.sleep(0.3)  # subscribed and waiting
+    assert thread.is_alive()
+    _complete(job)
+    completed = time.monotonic()
+    thread.join(timeout=20)
+    assert result["finished"] is True
+    assert result["at"] - completed < 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_redis_the_job_still_completes_and_a_client_learns_it_by_polling(
+    researcher_a, active, gpt2, settings, monkeypatch
+):
+    monkeypatch.setattr(services, "enqueue_job", lambda job: None)
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    job = submit(researcher_a, gpt2)
+    [job] = services.jobs_claim(worker="w1", device="cpu", rows=8, job_id=job.pk)
+    thread, result = _wait_in_thread(job.pk, timeout_s=20, poll_s=0.05)
+    time.sleep(0.3)
+    _complete(job)  # publishing fails quietly: the job is stored all the same
+    thread.join(timeout=20)
+    assert GenerationJob.objects.get(pk=job.pk).status == "succeeded"
+    assert result["finished"] is True
+
+
+def test_waiting_on_an_unfinished_job_gives_up_after_the_timeout(researcher_a, active, gpt2):
+    job = submit(researcher_a, gpt2)
+    started = time.monotonic()
+    assert signal.job_wait_finished(job.pk, 0.3) is False
+    assert 0.3 <= time.monotonic() - started < 3
+    services.job_cancel(actor=researcher_a, job=job)
+    assert signal.job_wait_finished(job.pk, 5) is True  # already finished: at once

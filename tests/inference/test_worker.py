@@ -30,7 +30,8 @@ class Worker:
     """A Celery worker on the test database, in one process (solo pool) so a SIGKILL stops generation at once,
     as a host failure would. The prefork pool production uses is exercised by tests/deploy."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, step_seconds: float = 0.0) -> None:
+        self.step_seconds = step_seconds
         db = connection.settings_dict
         self.env = {
             **os.environ,
@@ -45,8 +46,15 @@ class Worker:
 
     def start(self) -> None:
         self.starts += 1
+        # With step_seconds, the engine's per-step hook paces decoding like a real GPT-2 on a CPU:
+        # the tiny demo checkpoint would otherwise end a job before another could arrive.
+        pace = f"engine._fault_injector = lambda step: time.sleep({self.step_seconds}); " if self.step_seconds else ""
+        launch = (
+            f"import sys, time; from inference import engine; {pace}"
+            "from celery.__main__ import main; sys.argv[0] = 'celery'; main()"
+        )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "--queues", "default,gpu",
+            [sys.executable, "-c", launch, "-A", "config", "worker", "--queues", "default,gpu",
              "--pool", "solo", "--hostname", f"test{self.starts}@%h", "--loglevel", "INFO"],
             cwd=ROOT, env=self.env, stdout=self.log.open("a"), stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -67,6 +75,13 @@ class Worker:
 @pytest.fixture
 def worker(tmp_path):
     w = Worker(tmp_path)
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def paced_worker(tmp_path):
+    w = Worker(tmp_path, step_seconds=0.01)
     yield w
     w.stop()
 
@@ -206,3 +221,52 @@ def test_access_revoked_between_submit_and_start_fails_without_generating(worker
     job.refresh_from_db()
     assert job.status == "failed" and job.error_code == "access_denied"
     assert "terminated" in job.error_message and not job.samples.exists()
+
+
+def _long_job_running(researcher_a, gpt2) -> GenerationJob:
+    long = services.job_submit(
+        actor=researcher_a, checkpoint=gpt2, params=params(prompt="Termination", max_new_tokens=300, temperature=0)
+    )
+    wait_for(lambda: GenerationJob.objects.get(pk=long.pk).progress_tokens > 0, timeout=90, every=0.05)
+    return long
+
+
+def test_a_job_submitted_mid_batch_joins_it_and_ends_first(paced_worker, researcher_a, active, gpt2):
+    paced_worker.start()
+    long = _long_job_running(researcher_a, gpt2)
+    short = services.job_submit(
+        actor=researcher_a, checkpoint=gpt2, params=params(prompt="Notices", max_new_tokens=12, temperature=0.9, seed=3)
+    )
+    wait_for(lambda: set(statuses([long, short])) <= FINISHED, timeout=120)
+    long.refresh_from_db()
+    short.refresh_from_db()
+    assert long.status == short.status == "succeeded"
+    # Same worker, same running batch: it started and ended while the long job was decoding.
+    assert short.worker == long.worker and long.started_at < short.started_at < short.finished_at < long.finished_at
+    assert short.batch_size == 2
+    alone = engine.generate(gpt2.weights_path, [_request(short)])[0]
+    assert list(short.samples.values_list("text", flat=True)) == [s.text for s in alone.samples]
+    assert tokens_charged_today(organization=long.organization, checkpoint=gpt2) == (
+        long.tokens_generated + short.tokens_generated
+    )
+
+
+def test_a_cancel_racing_a_join_keeps_exactly_what_was_generated(paced_worker, researcher_a, active, gpt2):
+    paced_worker.start()
+    long = _long_job_running(researcher_a, gpt2)
+    joining = services.job_submit(
+        actor=researcher_a, checkpoint=gpt2, params=params(prompt="Liability", max_new_tokens=200, num_samples=2)
+    )
+    wait_for(lambda: GenerationJob.objects.get(pk=joining.pk).status != "queued", timeout=60, every=0.01)
+    services.job_cancel(actor=researcher_a, job=joining)
+    wait_for(lambda: set(statuses([long, joining])) <= FINISHED, timeout=120)
+    long.refresh_from_db()
+    joining.refresh_from_db()
+    assert long.status == "succeeded" and joining.status == "cancelled"
+    assert joining.tokens_generated < 2 * 200, "the cancelled job stopped within a few steps"
+    assert joining.tokens_generated == sum(joining.samples.values_list("token_count", flat=True))
+    assert tokens_charged_today(organization=long.organization, checkpoint=gpt2) == (
+        long.tokens_generated + joining.tokens_generated
+    )
+    alone = engine.generate(gpt2.weights_path, [_request(long)])[0]
+    assert list(long.samples.values_list("text", flat=True)) == [s.text for s in alone.samples]
