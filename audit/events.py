@@ -49,6 +49,7 @@ JOB_SUCCEEDED = "job.succeeded"
 JOB_FAILED = "job.failed"
 JOB_CANCELLED = "job.cancelled"
 JOB_REQUEUED = "job.requeued"
+PROVENANCE_CHECKED = "provenance.checked"
 
 RECORD_KEY_GENERATED = "record.key_generated"
 RECORD_SEALED = "record.sealed"

@@ -8,6 +8,10 @@ repetitions, and median), whether every job's greedy text is identical both ways
     .venv/bin/python bench/batching.py [--shape gpt2-xl] [--threads N] [--budget-s 150]
 
 Target on 2 CPU cores: batched throughput at least 3x one-by-one, with identical greedy outputs.
+
+`watermark` compares the same 16 jobs sampled (temperature 0.8, top_p 0.9, seeded) in batches of 8
+with the lab's green-list watermark and without, alternating: target at most 10% slower per token.
+It also times the green-list mask alone at GPT-2's vocabulary (50,257) for 8 rows.
 When torch runs on more than one thread, the same comparison is repeated on one thread
 (`single_thread`), since thread oversubscription on a shared 2-core host is a large effect.
 """
@@ -102,6 +106,74 @@ def _compare(engine, folder, requests, cache, batch: int, deadline: float, max_r
     }
 
 
+def _watermark_cost(engine, folder, corpus: str, args, cache, deadline: float) -> dict:
+    """Sampled batches with and without the watermark, alternating; the watermark's cost per token."""
+    import torch
+
+    from inference.watermark import WatermarkKey
+
+    key = WatermarkKey.from_secret("benchmark watermark key, not a lab secret")
+    requests = [
+        engine.GenerationRequest(
+            n, p, engine.SamplingParams(max_new_tokens=args.new_tokens, temperature=0.8, top_p=0.9, seed=n)
+        )
+        for n, p in enumerate(_prompts(corpus, args.jobs))
+    ]
+
+    def batched(watermark) -> tuple[float, int]:
+        started = time.perf_counter()
+        tokens = 0
+        for start in range(0, len(requests), args.batch):
+            chunk = requests[start : start + args.batch]
+            tokens += sum(
+                r.new_tokens for r in engine.generate(folder, chunk, device="cpu", cache=cache, watermark=watermark)
+            )
+        return time.perf_counter() - started, tokens
+
+    batched(key)  # warm-up
+    plain_tps: list[float] = []
+    marked_tps: list[float] = []
+    while len(plain_tps) < args.reps:
+        rep_started = time.perf_counter()
+        seconds, tokens = batched(None)
+        plain_tps.append(tokens / seconds)
+        seconds, tokens = batched(key)
+        marked_tps.append(tokens / seconds)
+        if time.perf_counter() + (time.perf_counter() - rep_started) > deadline:
+            break
+
+    def mask_ms(vocab: int) -> float:
+        """The watermark's own work per step: the green lists of every row, and adding delta."""
+        previous = torch.randint(0, vocab, (args.batch,))
+        logits = torch.randn(args.batch, vocab)
+        engine.green_mask(key, previous, vocab)  # the vocabulary's half of the hash, made once per key
+        started = time.perf_counter()
+        for _ in range(50):
+            _ = logits + 2.0 * engine.green_mask(key, previous, vocab)
+        return (time.perf_counter() - started) / 50 * 1000
+
+    vocab = cache.get(folder, "cpu").model.config.vocab_size
+    best_plain, best_marked = max(plain_tps), max(marked_tps)
+    overhead = best_plain / best_marked - 1
+    # Tokens per second swing by 10% between runs on a shared host; the watermark's own work per step
+    # against the step's time says what it costs without that noise.
+    step_ms = args.batch / best_plain * 1000
+    return {
+        "reps": len(plain_tps),
+        "sampling": "temperature 0.8, top_p 0.9, seeded",
+        "without": {"tokens_per_s": [round(x, 1) for x in plain_tps]},
+        "with": {"tokens_per_s": [round(x, 1) for x in marked_tps]},
+        "overhead": round(overhead, 4),
+        "overhead_median": round(statistics.median(plain_tps) / statistics.median(marked_tps) - 1, 4),
+        "step_ms_without": round(step_ms, 2),
+        "watermark_ms_per_step": {"rows": args.batch, "vocab": vocab, "ms": round(mask_ms(vocab), 3)},
+        "watermark_share_of_step": round(mask_ms(vocab) / step_ms, 4),
+        "watermark_ms_per_step_gpt2_vocab": {"rows": args.batch, "vocab": 50_257, "ms": round(mask_ms(50_257), 3)},
+        "target": "<= 10% slower per token with the watermark",
+        "pass": overhead <= 0.10 and mask_ms(vocab) / step_ms <= 0.10,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="gpt2-xl", help="DEMO_SHAPES key (default: the largest demo, gpt2-xl)")
@@ -113,6 +185,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     parser.add_argument("--budget-s", type=float, default=150, help="stop repeating after this long")
     parser.add_argument("--no-single-thread", action="store_true", help="skip the one-thread comparison")
+    parser.add_argument("--no-watermark", action="store_true", help="skip the watermark's cost")
     args = parser.parse_args()
     started = time.perf_counter()
     deadline = started + args.budget_s
@@ -143,13 +216,18 @@ def main() -> None:
             engine.generate(folder, requests[:1], device="cpu", cache=cache)
 
             single_share = 0.0 if args.no_single_thread or default_threads == 1 else 0.35
-            main_deadline = deadline - single_share * args.budget_s
+            watermark_share = 0.0 if args.no_watermark else 0.3
+            main_deadline = deadline - (single_share + watermark_share) * args.budget_s
             result = _compare(engine, folder, requests, cache, args.batch, main_deadline, args.reps)
             single = None
             if single_share:
                 torch.set_num_threads(1)
-                single = _compare(engine, folder, requests, cache, args.batch, deadline, args.reps)
+                single_deadline = deadline - watermark_share * args.budget_s
+                single = _compare(engine, folder, requests, cache, args.batch, single_deadline, args.reps)
                 torch.set_num_threads(default_threads)
+            watermark = None
+            if watermark_share:
+                watermark = _watermark_cost(engine, folder, corpus, args, cache, deadline)
 
     out = {
         "benchmark": "batching",
@@ -179,6 +257,8 @@ def main() -> None:
                 "batched": round(min(result["batched"]["seconds"]) / min(single["batched"]["seconds"]), 2),
             },
         }
+    if watermark is not None:
+        out["watermark"] = watermark
     machine["loadavg_1m_end"] = round(__import__("os").getloadavg()[0], 2)
     out["machine"] = machine
     out["elapsed_s"] = round(time.perf_counter() - started, 1)

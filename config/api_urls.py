@@ -13,7 +13,7 @@ from agreements.api import (
     ObligationListApi,
 )
 from core.api import not_found
-from inference.api import JobCancelApi, JobDetailApi, JobListCreateApi
+from inference.api import JobCancelApi, JobDetailApi, JobListCreateApi, ProvenanceCheckApi
 from records.api import AgreementPdfApi, AuditEventListApi, AuditVerifyApi, RecordVerifyApi
 from research.api.findings import FindingDetailApi, FindingListCreateApi
 from research.api.incidents import IncidentListCreateApi
@@ -40,6 +40,7 @@ v1 = [
     path("jobs/", JobListCreateApi.as_view(), name="job-list"),
     path("jobs/<int:pk>/", JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<int:pk>/cancel/", JobCancelApi.as_view(), name="job-cancel"),
+    path("provenance/check/", ProvenanceCheckApi.as_view(), name="provenance-check"),
     path("findings/", FindingListCreateApi.as_view(), name="finding-list"),
     path("findings/<int:pk>/", FindingDetailApi.as_view(), name="finding-detail"),
     path("incidents/", IncidentListCreateApi.as_view(), name="incident-list"),

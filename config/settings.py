@@ -7,6 +7,8 @@ settings table. Every variable is parsed strictly by config.env.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import secrets
 from datetime import timedelta
@@ -259,6 +261,9 @@ MEDIA_ROOT = VAR_DIR / "media"
 # Where checkpoint_demo builds the tiny demo checkpoints (one folder per slug). Real weights are
 # registered from wherever checkpoint_import is pointed; workers must see the same paths.
 CHECKPOINTS_DIR = Path(env_str("CHECKPOINTS_DIR", str(VAR_DIR / "checkpoints"))).resolve()
+# Train the demo checkpoints briefly on English text (about two minutes, once) so samples read like
+# poor English; off, they keep random weights and build in seconds.
+DEMO_CHECKPOINT_TRAINING = env_bool("DEMO_CHECKPOINT_TRAINING", True)
 
 # --- Security (production values pass `manage.py check --deploy`) --------
 SESSION_COOKIE_HTTPONLY = True
@@ -382,6 +387,26 @@ if "visibility_timeout" in CELERY_BROKER_TRANSPORT_OPTIONS:
 INFERENCE_SWEEP_SECONDS = env_float("INFERENCE_SWEEP_SECONDS", 30.0, minimum=1)
 
 
+# --- Provenance -----------------------------------------------------------
+def _watermark_key() -> str:
+    configured = env_str("WATERMARK_KEY")
+    if configured:
+        if len(configured) < 32:
+            raise ImproperlyConfigured("WATERMARK_KEY must be at least 32 characters (a lab secret, never shared).")
+        return configured
+    if not DEBUG:
+        raise ImproperlyConfigured("WATERMARK_KEY is required when DEBUG is off: every sample is watermarked with it.")
+    # Development: derived from SECRET_KEY, so it stays the same across restarts of one install.
+    return hmac.new(SECRET_KEY.encode(), b"modelpact watermark key", hashlib.sha256).hexdigest()
+
+
+# The lab secret that watermarks every sampled token; the engine and the detector need it, the
+# database and the logs never see it (samples store a key id, a hash of it). After a rotation, keep
+# the old keys in WATERMARK_PREVIOUS_KEYS so texts generated before still test as watermarked.
+WATERMARK_KEY = _watermark_key()
+WATERMARK_PREVIOUS_KEYS = env_list("WATERMARK_PREVIOUS_KEYS", [])
+
+
 # --- Webhooks -------------------------------------------------------------
 # Receivers must be public addresses: a URL that resolves to loopback, private, link-local or cloud
 # metadata addresses is refused at registration and at every send. True only for development and tests.
@@ -414,7 +439,11 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "core.api.Pagination",
     "DEFAULT_FILTER_BACKENDS": ["core.api.FilterBackend"],  # django-filter's
     "DEFAULT_THROTTLE_CLASSES": ["core.api.TokenRateThrottle"],
-    "DEFAULT_THROTTLE_RATES": {"api": _throttle_rate("API_THROTTLE_RATE", "600/min")},
+    "DEFAULT_THROTTLE_RATES": {
+        "api": _throttle_rate("API_THROTTLE_RATE", "600/min"),
+        # Anonymous provenance checks (the public page and the API), per IP address.
+        "provenance_anon": _throttle_rate("PROVENANCE_ANON_RATE", "30/min"),
+    },
     "EXCEPTION_HANDLER": "core.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "core.api_schema.ApiAutoSchema",
     "DATETIME_FORMAT": "iso-8601",

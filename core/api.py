@@ -274,32 +274,50 @@ def _json_kind(value: Any) -> str:
     return type(value).__name__
 
 
+def rate_limit_hit(*, scope: str, ident: str) -> tuple[bool, float]:
+    """Count one request of `ident` against the rate REST_FRAMEWORK names `scope` (e.g. 600/min).
+
+    Returns whether it is allowed and the seconds until the window ends. A counter per fixed window
+    in the cache (Redis in production, shared by every worker): one INCR a request, where DRF's
+    SimpleRateThrottle rewrites the list of every request time in the window, which grows with the rate.
+    Pages use it as well as the API, so the two share one budget.
+    """
+    from rest_framework.settings import api_settings
+
+    # The stubs type rates as numbers; DRF's are strings such as "600/min".
+    count, _, period = cast(str, api_settings.DEFAULT_THROTTLE_RATES[scope]).partition("/")
+    limit, seconds = int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[period[0]]
+    now = timezone.now().timestamp()
+    window = int(now // seconds)
+    key = f"throttle:{scope}:{ident}:{seconds}:{window}"
+    try:
+        used = cache.incr(key)
+    except ValueError:  # the window's first request
+        used = 1 if cache.add(key, 1, timeout=seconds + 1) else cache.incr(key)
+    return used <= limit, (window + 1) * seconds - now
+
+
+def anonymous_ident(request: Any) -> str:
+    """An anonymous caller is its address as the server saw it.
+
+    Never X-Forwarded-For: a client can write any value there and get a fresh budget each time.
+    Behind a proxy, the deployment sets REMOTE_ADDR from the proxy's header (see README).
+    """
+    return f"ip:{request.META.get('REMOTE_ADDR', '')}"
+
+
 class TokenRateThrottle(BaseThrottle):
     """Requests per token (each token its own budget); per user for browser sessions, per IP anonymously.
 
     The rate is REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["api"] (API_THROTTLE_RATE, e.g. 600/min), read
-    at each request. A counter per fixed window in the cache (Redis in production, shared by every
-    worker): one INCR a request, where DRF's SimpleRateThrottle rewrites the list of every request
-    time in the window, which grows with the rate.
+    at each request (see rate_limit_hit).
     """
 
     scope = "api"
 
     def allow_request(self, request: Any, view: Any) -> bool:
-        from rest_framework.settings import api_settings
-
-        # The stubs type rates as numbers; DRF's are strings such as "600/min".
-        count, _, period = cast(str, api_settings.DEFAULT_THROTTLE_RATES[self.scope]).partition("/")
-        limit, seconds = int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[period[0]]
-        now = timezone.now().timestamp()
-        window = int(now // seconds)
-        key = f"throttle:{self.scope}:{self._ident(request)}:{seconds}:{window}"
-        try:
-            used = cache.incr(key)
-        except ValueError:  # the window's first request
-            used = 1 if cache.add(key, 1, timeout=seconds + 1) else cache.incr(key)
-        self._wait = (window + 1) * seconds - now
-        return used <= limit
+        allowed, self._wait = rate_limit_hit(scope=self.scope, ident=self._ident(request))
+        return allowed
 
     def wait(self) -> float:
         return self._wait
@@ -309,7 +327,20 @@ class TokenRateThrottle(BaseThrottle):
             return f"token:{request.auth.token_key}"
         if request.user and request.user.is_authenticated:
             return f"user:{request.user.pk}"
-        return f"ip:{self.get_ident(request)}"
+        return anonymous_ident(request)
+
+
+class AnonymousRateThrottle(TokenRateThrottle):
+    """A tighter budget for anonymous callers of a public endpoint, per IP; signed-in callers pass.
+
+    The endpoint names its rate in `throttle_scope`; the default throttle still applies beside it.
+    """
+
+    def allow_request(self, request: Any, view: Any) -> bool:
+        if request.user and request.user.is_authenticated:
+            return True
+        self.scope = view.throttle_scope
+        return super().allow_request(request, view)
 
 
 class Pagination(CursorPagination):

@@ -20,6 +20,7 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import generics, serializers, status
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -28,18 +29,22 @@ from accounts.api import RoleRequired
 from accounts.models import PARTNER_ROLES
 from accounts.permissions import request_user
 from agreements.models import Agreement
-from core.api import ApiError, ErrorSerializer, StrictCharField
+from core.api import AnonymousRateThrottle, ApiError, ErrorSerializer, StrictCharField
 from core.time import utc_iso
-from inference import selectors, services
+from inference import provenance, selectors, services, watermark
 from inference.models import GenerationJob, Sample
 from inference.services import LIMITS, JobParams
 from inference.signal import job_wait_finished
+from inference.watermark import Verdict
 from models_registry.models import Checkpoint
 from models_registry.selectors import checkpoints_by_slug
 
 # Visible ASCII only: a key travels in a header and is stored as given.
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
+
+WATERMARKED_NOTE = "Every sample carries the lab's watermark (scheme and key id on each sample)."
+GREEDY_NOTE = "No watermark: greedy jobs (temperature 0) cannot carry one, there is no choice to bias."
 
 # --- Serializers --------------------------------------------------------------------------------
 
@@ -55,7 +60,11 @@ class SampleSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Sample
-        fields = ["index", "text", "token_count", "sha256", "label"]
+        fields = ["index", "text", "token_count", "sha256", "watermark_scheme", "watermark_key_id", "label"]
+        extra_kwargs = {
+            "watermark_scheme": {"help_text": "How the sample was watermarked; empty for greedy samples."},
+            "watermark_key_id": {"help_text": "Which lab key watermarked it (a public id, not the key)."},
+        }
 
     def get_label(self, sample: Sample) -> str:
         job = self.context["job"]
@@ -154,8 +163,16 @@ class JobSummarySerializer(serializers.ModelSerializer):
         return job_summary({column: _follow(job, column) for column in SUMMARY_COLUMNS})
 
 
+class WatermarkSerializer(serializers.Serializer):
+    applied = serializers.BooleanField(help_text="Whether the job's samples carry the lab's watermark.")
+    scheme = serializers.CharField(allow_null=True)
+    note = serializers.CharField()
+
+
 class JobSerializer(JobSummarySerializer):
     """One job in full: what was asked for and what came of it."""
+
+    watermark = serializers.SerializerMethodField()
 
     dispatch_delayed = serializers.SerializerMethodField(
         help_text=(
@@ -178,7 +195,14 @@ class JobSerializer(JobSummarySerializer):
             "prompt_tokens",
             "device",
             "dispatch_delayed",
+            "watermark",
         ]
+
+    @extend_schema_field(WatermarkSerializer)
+    def get_watermark(self, job: GenerationJob) -> dict[str, Any]:
+        if job.carries_watermark:
+            return {"applied": True, "scheme": watermark.SCHEME, "note": WATERMARKED_NOTE}
+        return {"applied": False, "scheme": None, "note": GREEDY_NOTE}
 
     def get_dispatch_delayed(self, job: GenerationJob) -> bool:
         return selectors.job_dispatch_delayed(job)
@@ -410,3 +434,138 @@ class JobCancelApi(APIView):
         job = selectors.job_get(user=request_user(request), pk=job.pk)
         code = status.HTTP_202_ACCEPTED if job.status == GenerationJob.Status.RUNNING else status.HTTP_200_OK
         return Response(JobSerializer(job).data, status=code)
+
+
+# --- Provenance ---------------------------------------------------------------------------------
+
+
+class ProvenanceCheckInputSerializer(serializers.Serializer):
+    text = StrictCharField(
+        trim_whitespace=False,  # the length limit and the rest are the service's, in its words
+        allow_blank=True,  # the service says what is wrong with an empty text, in its own words
+        help_text=f"The text to check, at most {provenance.MAX_TEXT_CHARS:,} characters.",
+    )
+
+    def validate_text(self, text: str) -> str:
+        refusal = provenance.text_refusal(text)
+        if refusal:
+            raise serializers.ValidationError(refusal)
+        return text
+
+
+class WatermarkVerdictSerializer(serializers.Serializer):
+    verdict = serializers.ChoiceField(
+        choices=[Verdict.WATERMARKED, Verdict.NOT_WATERMARKED, Verdict.TOO_SHORT],
+        help_text="Whether the text carries the lab's watermark, or is too short to tell.",
+    )
+    scheme = serializers.CharField()
+    key_id = serializers.CharField(help_text="The key that scored best (a public id).")
+    z_score = serializers.FloatField()
+    p_value = serializers.FloatField(help_text="Corrected for every key and tokenizer tried.")
+    tokens_scored = serializers.IntegerField(help_text="Distinct token pairs scored.")
+    green_fraction = serializers.FloatField(help_text="Share of scored tokens on the green list (0.25 by chance).")
+    tests = serializers.IntegerField(help_text="(key, tokenizer) pairs tried.")
+
+
+class ProvenanceSampleSerializer(serializers.Serializer):
+    job = serializers.IntegerField()
+    organization = serializers.CharField()
+    checkpoint = serializers.CharField()
+    generated_at = serializers.DateTimeField()
+    index = serializers.IntegerField()
+    text = serializers.CharField()
+    watermark_scheme = serializers.CharField()
+    watermark_key_id = serializers.CharField()
+
+
+class ProvenanceMatchSerializer(serializers.Serializer):
+    agreement = serializers.CharField(help_text="The public reference of the agreement it was generated under.")
+    overlap = serializers.FloatField(help_text="Share of the text's fingerprints found in the sample (0 to 1).")
+    shared_fingerprints = serializers.IntegerField()
+    sample = ProvenanceSampleSerializer(
+        allow_null=True, help_text="Who generated it and the sample itself; null where the caller may not see them."
+    )
+
+
+class ProvenanceResultSerializer(serializers.Serializer):
+    text_sha256 = serializers.CharField()
+    text_length = serializers.IntegerField()
+    disclosure = serializers.ChoiceField(
+        choices=[str(d) for d in provenance.Disclosure],
+        help_text="full (lab staff), own organization (partner users: their matches only), public (anonymous).",
+    )
+    watermark = WatermarkVerdictSerializer()
+    matches = ProvenanceMatchSerializer(many=True)
+
+
+def provenance_payload(result: provenance.ProvenanceResult) -> dict[str, Any]:
+    """A check's answer as the API (and the page) show it."""
+    best = result.verdict.best
+    return {
+        "text_sha256": result.text_sha256,
+        "text_length": result.text_length,
+        "disclosure": str(result.disclosure),
+        "watermark": {
+            "verdict": result.verdict.outcome,
+            "scheme": watermark.SCHEME,
+            "key_id": best.key_id,
+            "z_score": round(best.z_score, 3),
+            "p_value": result.verdict.p_value,
+            "tokens_scored": best.tokens_scored,
+            "green_fraction": round(best.green_fraction, 3),
+            "tests": result.verdict.tests,
+        },
+        "matches": [
+            {
+                "agreement": match.agreement_reference,
+                "overlap": round(match.overlap, 3),
+                "shared_fingerprints": match.shared,
+                "sample": None if match.sample is None else _provenance_sample(match.sample),
+            }
+            for match in result.matches
+        ],
+    }
+
+
+def _provenance_sample(sample: Sample) -> dict[str, Any]:
+    job = sample.job
+    return {
+        "job": job.pk,
+        "organization": job.organization.name,
+        "checkpoint": job.checkpoint.slug,
+        "generated_at": _maybe_iso(job.finished_at),
+        "index": sample.index,
+        "text": sample.text,
+        "watermark_scheme": sample.watermark_scheme,
+        "watermark_key_id": sample.watermark_key_id,
+    }
+
+
+@extend_schema(
+    tags=["provenance"],
+    request=ProvenanceCheckInputSerializer,
+    responses={
+        200: ProvenanceResultSerializer,
+        400: OpenApiResponse(ErrorSerializer, description="Empty, over-long, non-text or binary input."),
+        429: OpenApiResponse(ErrorSerializer, description="Anonymous callers: more than 30 checks a minute."),
+    },
+)
+class ProvenanceCheckApi(APIView):
+    """Was this text generated here, and under which agreement?
+
+    Open to anyone; anonymous callers are limited per IP (PROVENANCE_ANON_RATE, 30/min) and learn the
+    watermark verdict and the agreement a match was generated under, never the sample or who generated
+    it. Partner users see their own organisation's matches in full; lab staff and auditors see all.
+    Every check is audited with the text's SHA-256 and length, never the text.
+    """
+
+    permission_classes = [AllowAny]
+    throttle_classes = [*APIView.throttle_classes, AnonymousRateThrottle]
+    throttle_scope = "provenance_anon"
+
+    def post(self, request: Request) -> Response:
+        body = ProvenanceCheckInputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        user = request.user if request.user.is_authenticated else None
+        result = provenance.provenance_check(user=user, text=body.validated_data["text"])
+        return Response(provenance_payload(result))

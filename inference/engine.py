@@ -33,6 +33,7 @@ from transformers.cache_utils import DynamicLayer
 from transformers.utils import logging as transformers_logging
 
 from inference.static_decode import BUCKETS, StaticDecoder, bucket_for
+from inference.watermark import DELTA, GREEN_BELOW, MASK32, MULTIPLIER, WatermarkKey
 
 # Loading weights draws a progress bar on stderr, which a Celery worker logs as a warning per load.
 transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers
@@ -78,6 +79,8 @@ class SampleResult:
     text: str
     token_count: int
     token_ids: tuple[int, ...] = ()
+    # Sampled rows carry the watermark when the batch has a key; greedy ones never can.
+    watermarked: bool = False
 
 
 @dataclass
@@ -316,11 +319,22 @@ class RunningBatch:
     each in a slot of its preallocated KV pool, with fixed-shape steps a GPU replays as CUDA
     graphs. The batch falls back to the dynamic cache when the decoder is busy with another batch
     or the rows outgrow its pool. Both paths give the same tokens.
+
+    With a `watermark` key, every sampled row is generated with that key's green-list watermark
+    (see inference.watermark); it shifts logits only, so the random streams stay as they were.
     """
 
-    def __init__(self, loaded: LoadedModel, *, max_rows: int = 0, static: bool | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_rows: int = 0,
+        static: bool | None = None,
+        watermark: WatermarkKey | None = None,
+    ) -> None:
         self.loaded = loaded
         self.max_rows = max_rows
+        self.watermark = watermark
         self.static = loaded.device.startswith("cuda") if static is None else static
         self._decoder: StaticDecoder | None = None  # held while rows decode through it
         self._slots: list[int] = []  # per row: its slot in the decoder
@@ -418,7 +432,9 @@ class RunningBatch:
         expand = torch.tensor(owners, device=device)
         new_cache: Cache = out.cache
         _kv_apply(new_cache, lambda kv: kv[expand])
-        first = _Sampler(rows, device).choose(out.logits[expand, -1, :].float())
+        # A row's first token follows its prompt's last one, which seeds its first green list.
+        previous = torch.tensor([prompts[n][-1] for n in owners], device=device)
+        first = _Sampler(rows, device, self.watermark).choose(out.logits[expand, -1, :].float(), previous)
         self._merge(new_cache, mask[expand], rows)
         for n, request in enumerate(requests):
             self.requests[request.key] = _Request(request, len(prompts[n]), request.params.num_samples, [])
@@ -459,8 +475,8 @@ class RunningBatch:
         self._cache, self._mask = out.cache, mask
         self.steps += 1
         if self._sampler is None:
-            self._sampler = _Sampler(self.rows, self.loaded.device)
-        return self._advance(self._sampler.choose(out.logits[:, -1, :].float()), start=0)
+            self._sampler = _Sampler(self.rows, self.loaded.device, self.watermark)
+        return self._advance(self._sampler.choose(out.logits[:, -1, :].float(), self._next), start=0)
 
     def _static_step(self) -> list[RequestResult]:
         assert self._decoder is not None
@@ -477,8 +493,8 @@ class RunningBatch:
             raise GenerationOOM(len(self.rows))
         self.steps += 1
         if self._sampler is None:
-            self._sampler = _Sampler(self.rows, self.loaded.device)
-        return self._advance(self._sampler.choose(logits.float()), start=0)
+            self._sampler = _Sampler(self.rows, self.loaded.device, self.watermark)
+        return self._advance(self._sampler.choose(logits.float(), self._next), start=0)
 
     def cancel(self, keys: AbstractSet[Hashable]) -> list[RequestResult]:
         """Stop these requests now; each keeps the tokens it has, marked cancelled."""
@@ -529,7 +545,8 @@ class RunningBatch:
         text = cast(
             str, self.loaded.tokenizer.decode(row.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         )
-        state.samples.append(SampleResult(row.index, text, len(row.tokens), tuple(row.tokens)))
+        watermarked = self.watermark is not None and row.generator is not None
+        state.samples.append(SampleResult(row.index, text, len(row.tokens), tuple(row.tokens), watermarked))
         state.open_rows -= 1
         return state.open_rows == 0
 
@@ -646,6 +663,7 @@ def generate(
     device: str | None = None,
     cache: ModelCache | None = None,
     max_rows: int = 0,
+    watermark: WatermarkKey | None = None,
     on_progress: Callable[[dict[Hashable, int]], None] | None = None,
     should_cancel: Callable[[], AbstractSet[Hashable]] | None = None,
     progress_interval_s: float = 0.5,
@@ -655,14 +673,15 @@ def generate(
     With `max_rows`, at most that many rows decode at once and waiting requests join, in order,
     as rows leave; 0 runs them all together. `on_progress` gets new tokens so far per key, at most
     every `progress_interval_s`. `should_cancel` is polled between steps; the keys it returns stop
-    and keep what they have. Raises GenerationOOM when the device runs out of memory, after freeing it.
+    and keep what they have. With `watermark`, sampled rows carry that key's watermark.
+    Raises GenerationOOM when the device runs out of memory, after freeing it.
     """
     if not requests:
         return []
     if len({r.key for r in requests}) != len(requests):
         raise ValueError("request keys must be unique within a batch")
     loaded = (cache if cache is not None else get_default_cache()).get(folder, pick_device(device))
-    batch = RunningBatch(loaded, max_rows=max_rows)
+    batch = RunningBatch(loaded, max_rows=max_rows, watermark=watermark)
     for request in requests:
         reason = batch.refusal(request)
         if reason:
@@ -694,11 +713,48 @@ def generate(
     return [results[r.key] for r in requests]
 
 
-class _Sampler:
-    """Applies each row's temperature, top-k and top-p, and draws from that row's own stream."""
+def mix32_tensor(x: torch.Tensor) -> torch.Tensor:
+    """inference.watermark.mix32 on every element of an int64 tensor of 32-bit values."""
+    x = x ^ (x >> 16)
+    x = (x * MULTIPLIER) & MASK32
+    x = x ^ (x >> 16)
+    x = (x * MULTIPLIER) & MASK32
+    return x ^ (x >> 16)
 
-    def __init__(self, rows: list[_Row], device: str) -> None:
+
+def _as_int32(x: torch.Tensor) -> torch.Tensor:
+    """32-bit values held in int64, as int32 with the same bits (values from 2**31 up turn negative)."""
+    return (x - ((x >> 31) << 32)).to(torch.int32)
+
+
+@lru_cache(maxsize=16)
+def _token_parts(key: WatermarkKey, vocab: int, device: str) -> torch.Tensor:
+    """The token half of the green-list hash for a whole vocabulary (int32), computed once per key."""
+    return _as_int32(mix32_tensor(torch.arange(vocab, dtype=torch.long, device=device) ^ key.token_salt))
+
+
+def green_mask(key: WatermarkKey, previous: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[rows, vocab]: True where a token is green after each row's previous token.
+
+    inference.watermark.combine in int32, whose multiplication wraps modulo 2**32 as `& MASK32` does:
+    a quarter of the cost of the same in int64, which matters at GPT-2's 50,257 tokens a row.
+    """
+    tokens = _token_parts(key, vocab, str(previous.device))
+    x = tokens[None, :] ^ _as_int32(mix32_tensor(previous.long() ^ key.previous_salt))[:, None]
+    x = x * MULTIPLIER
+    x = x ^ ((x >> 16) & 0xFFFF)  # a logical shift: int32's >> copies the sign bit
+    x = x * MULTIPLIER
+    return (x >= 0) & (x < GREEN_BELOW)  # unsigned x < GREEN_BELOW, which is at most 2**31
+
+
+class _Sampler:
+    """Applies each row's watermark, temperature, top-k and top-p, and draws from that row's own stream."""
+
+    def __init__(self, rows: list[_Row], device: str, watermark: WatermarkKey | None = None) -> None:
         self.rows = rows
+        self.watermark = watermark
+        # Sampled rows carry the watermark; a greedy row's argmax is left exactly as it was.
+        self.marked = torch.tensor([row.generator is not None for row in rows], device=device)[:, None]
         params = [row.params for row in rows]
         self.greedy = torch.tensor([p.temperature == 0 for p in params], device=device)
         self.all_greedy = bool(self.greedy.all())
@@ -712,10 +768,15 @@ class _Sampler:
         self.no_filter = all(p.top_k == 0 and p.top_p >= 1 for p in sampled)
         self.k_bound = max(p.top_k for p in sampled) if sampled and all(p.top_k > 0 for p in sampled) else 0
 
-    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+    def choose(self, logits: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """The next token per row; `previous` holds each row's last token (for the watermark)."""
         greedy_tokens = logits.argmax(dim=-1)
         if self.all_greedy:
             return greedy_tokens
+        if self.watermark is not None:
+            # Before temperature, as in the paper and transformers' processor: the bias is in logits.
+            green = green_mask(self.watermark, previous, logits.shape[-1]) & self.marked
+            logits = logits + DELTA * green
         logits = logits / self.temperature
         vocab = logits.shape[-1]
         if self.no_filter:

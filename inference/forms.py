@@ -10,6 +10,7 @@ from django.contrib.humanize.templatetags.humanize import intcomma
 
 from agreements.selectors import PartnerCheckpoint
 from inference.models import GenerationJob
+from inference.provenance import MAX_TEXT_CHARS, text_refusal
 from inference.services import LIMITS, JobParams
 from models_registry.models import Checkpoint
 
@@ -137,3 +138,25 @@ class JobForm(forms.Form):
         """Run a job again: the same settings, a new form key."""
         fields = ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "num_samples", "seed")
         return {"checkpoint": job.checkpoint.slug, **{name: getattr(job, name) for name in fields}}
+
+
+class ProvenanceCheckForm(forms.Form):
+    """A text pasted to learn whether it was generated here."""
+
+    text = forms.CharField(
+        label="Text to check",
+        widget=forms.Textarea(attrs={"rows": 10, "spellcheck": "false"}),
+        # No max_length: a browser would cut a long paste short without a word; the check says so instead.
+        strip=False,
+        help_text=f"Paste a passage, at most {MAX_TEXT_CHARS:,} characters. It is not stored: only its SHA-256.",
+        error_messages={
+            "required": "Paste a text to check: it is empty.",
+        },
+    )
+
+    def clean_text(self) -> str:
+        text: str = self.cleaned_data["text"]
+        refusal = text_refusal(text)
+        if refusal:
+            raise forms.ValidationError(refusal)
+        return text

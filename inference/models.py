@@ -78,6 +78,11 @@ class GenerationJob(models.Model):
         return self.status in self.FINISHED
 
     @property
+    def carries_watermark(self) -> bool:
+        """Sampled jobs are watermarked; greedy ones (temperature 0) have no choice to bias, so cannot be."""
+        return self.temperature > 0
+
+    @property
     def charged_tokens(self) -> int:
         """What the job counts against the daily quota: reserved while pending, actual once finished."""
         return self.tokens_generated if self.is_finished else self.expected_tokens
@@ -89,6 +94,10 @@ class Sample(models.Model):
     text = models.TextField()
     token_count = models.PositiveIntegerField()
     sha256 = models.CharField(max_length=64)
+    # How the sample was watermarked ("" for greedy samples, which cannot carry one) and which
+    # lab key did it: the key id names the key without revealing it.
+    watermark_scheme = models.CharField(max_length=64, blank=True)
+    watermark_key_id = models.CharField(max_length=16, blank=True)
 
     class Meta:
         ordering = ["job", "index"]
@@ -96,3 +105,18 @@ class Sample(models.Model):
 
     def __str__(self) -> str:
         return f"Sample {self.index} of job #{self.job_id}"
+
+
+class SampleFingerprint(models.Model):
+    """One kept shingle hash of a sample's text (inference.shingles): the near-duplicate index.
+
+    The primary key (hash, sample) is the lookup index: a lookup by hash reads only the index, and
+    indexing a sample twice adds nothing.
+    """
+
+    pk = models.CompositePrimaryKey("hash", "sample")
+    hash = models.BigIntegerField()
+    sample = models.ForeignKey(Sample, on_delete=models.CASCADE, related_name="fingerprints")
+
+    def __str__(self) -> str:
+        return f"Fingerprint {self.hash} of sample {self.sample_id}"

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import django_filters
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 
 from accounts.models import LAB_ROLES, PARTNER_ROLES, User
 from accounts.permissions import role_of
 from agreements.selectors import PartnerCheckpoint, partner_checkpoint_overview
 from core.filters import CreatedRangeFilterSet
-from inference.models import GenerationJob, Sample
+from inference.models import GenerationJob, Sample, SampleFingerprint
 from inference.services import queue_for
+from inference.shingles import fingerprints
 from models_registry.models import Checkpoint
 
 
@@ -138,3 +140,42 @@ def job_home(*, user: User) -> dict[str, object]:
     if role_of(user) not in PARTNER_ROLES:
         return {}
     return {"recent_jobs": list(job_list(user=user)[:5])}
+
+
+# Evidence a match needs: shared fingerprints, and the share of the passage's fingerprints they are.
+# A cut passage with one word in ten replaced keeps about two thirds of its fingerprints; unrelated
+# text shares at most a stray common phrase.
+MATCH_MIN_SHARED = 3
+MATCH_MIN_OVERLAP = 0.2
+
+
+@dataclass(frozen=True)
+class SampleMatch:
+    sample_id: int
+    shared: int  # fingerprints the passage and the sample have in common
+    query: int  # fingerprints of the passage
+    overlap: float  # shared / query, 0..1
+
+
+def sample_matches(*, text: str, limit: int = 10) -> list[SampleMatch]:
+    """Stored samples the text was probably cut from (near-duplicates), most shared first.
+
+    Not scoped: the caller decides what it may disclose about the samples found.
+    """
+    query = fingerprints(text)
+    if len(query) < MATCH_MIN_SHARED:
+        return []
+    needed = max(MATCH_MIN_SHARED, math.ceil(MATCH_MIN_OVERLAP * len(query)))
+    rows = (
+        SampleFingerprint.objects.filter(hash__in=query)
+        .values("sample_id")
+        .annotate(shared=Count("*"))
+        .filter(shared__gte=needed)
+        .order_by("-shared", "sample_id")[:limit]
+    )
+    return [
+        SampleMatch(
+            sample_id=row["sample_id"], shared=row["shared"], query=len(query), overlap=row["shared"] / len(query)
+        )
+        for row in rows
+    ]

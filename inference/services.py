@@ -27,7 +27,8 @@ from audit import events
 from audit.services import audit_append
 from core.errors import DomainError
 from core.tasks import task_send
-from inference.models import GenerationJob, Sample
+from inference.models import GenerationJob, Sample, SampleFingerprint
+from inference.shingles import fingerprints_many
 from inference.signal import job_finished_on_commit, publish_queued
 from inference.tokens import count_prompt_tokens
 from models_registry.models import Checkpoint
@@ -539,10 +540,13 @@ def job_complete(
     device: str,
     batch_size: int,
     timings: dict[str, float],
+    watermark_scheme: str = "",
+    watermark_key_id: str = "",
 ) -> bool:
     """Store a job's samples, counts and timings in one transaction; False if the job is no longer ours.
 
     `job` is the row as claimed (with its checkpoint, organization and grant); it is updated in place.
+    `watermark_scheme` and `watermark_key_id` say how its samples were watermarked ("" for none).
     """
     samples = [(index, storable_text(text), count) for index, text, count in samples]
     tokens = sum(count for _, _, count in samples)
@@ -569,12 +573,21 @@ def job_complete(
     for name, value in changes.items():
         setattr(job, name, value)
     hashes = [hashlib.sha256(text.encode()).hexdigest() for _, text, _ in samples]
-    Sample.objects.bulk_create(
+    created = Sample.objects.bulk_create(
         [
-            Sample(job=job, index=index, text=text, token_count=count, sha256=sha256)
+            Sample(
+                job=job,
+                index=index,
+                text=text,
+                token_count=count,
+                sha256=sha256,
+                watermark_scheme=watermark_scheme,
+                watermark_key_id=watermark_key_id if watermark_scheme else "",
+            )
             for (index, text, count), sha256 in zip(samples, hashes, strict=True)
         ]
     )
+    samples_index(samples=created)
     _usage_settle(job)
     audit_append(
         actor=None,
@@ -664,3 +677,18 @@ def jobs_sweep(*, now: datetime | None = None) -> dict[str, list[int]]:
                 enqueue_job(job)
                 resent.append(job.pk)
     return {"requeued": requeued, "failed": failed, "resent": resent}
+
+
+@transaction.atomic
+def samples_index(*, samples: list[Sample]) -> int:
+    """Add the samples' text fingerprints to the near-duplicate index; returns how many were offered.
+
+    Indexing a sample again adds nothing (the fingerprint is the row's key), so reindexing is safe.
+    """
+    positions, hashes = fingerprints_many(sample.text for sample in samples)
+    rows = [
+        SampleFingerprint(sample_id=samples[position].pk, hash=h)
+        for position, h in zip(positions.tolist(), hashes.tolist(), strict=True)
+    ]
+    SampleFingerprint.objects.bulk_create(rows, batch_size=5000, ignore_conflicts=True)
+    return len(rows)

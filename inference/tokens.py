@@ -9,6 +9,7 @@ match the engine's on varied prompts.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -20,6 +21,7 @@ _CACHE_SIZE = 16
 
 _lock = threading.Lock()
 _loaded: OrderedDict[tuple[str, float], Tokenizer] = OrderedDict()
+_fingerprints: dict[tuple[str, float], str] = {}  # keyed like _loaded
 
 
 def _build(folder: Path) -> Tokenizer:
@@ -56,3 +58,28 @@ def count_prompt_tokens(folder: Path | str, prompt: str) -> int:
     """Tokens the engine will feed for `prompt` from the checkpoint at `folder`."""
     ids = _tokenizer(Path(folder).resolve()).encode(prompt, add_special_tokens=False).ids
     return len(ids) or 1
+
+
+def token_ids(folder: Path | str, text: str) -> list[int]:
+    """`text` as the checkpoint at `folder` tokenizes it (no special tokens), for watermark scoring."""
+    return list(_tokenizer(Path(folder).resolve()).encode(text, add_special_tokens=False).ids)
+
+
+def vocabulary_fingerprint(folder: Path | str) -> str:
+    """A hash of the tokenizer's vocabulary: checkpoints that tokenize alike share it.
+
+    Scoring a text once per distinct tokenizer (not per checkpoint) keeps the number of tests,
+    and so the bar each must clear, as low as it can be.
+    """
+    folder = Path(folder).resolve()
+    tokenizer = _tokenizer(folder)
+    source = folder / "tokenizer.json"
+    key = (str(folder), (source if source.is_file() else folder / "vocab.json").stat().st_mtime)
+    with _lock:
+        known = _fingerprints.get(key)
+    if known is None:
+        vocabulary = sorted(tokenizer.get_vocab(with_added_tokens=True).items())
+        known = hashlib.sha256(repr(vocabulary).encode()).hexdigest()
+        with _lock:
+            _fingerprints[key] = known
+    return known

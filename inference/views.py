@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 
 from django.conf import settings
@@ -21,8 +22,9 @@ from accounts.permissions import request_user, require_role, role_of
 from accounts.views import apply_validation_error
 from agreements.selectors import AccessRefused
 from agreements.views import checkpoint_detail
-from inference import selectors, services
-from inference.forms import JobForm
+from core.api import anonymous_ident, rate_limit_hit
+from inference import provenance, selectors, services
+from inference.forms import JobForm, ProvenanceCheckForm
 from inference.models import GenerationJob
 from inference.services import IdempotencyConflict
 from inference.signal import job_wait_finished
@@ -207,3 +209,28 @@ def checkpoint_status(request: HttpRequest, slug: str) -> HttpResponse:
 
 def _count(n: int, thing: str) -> str:
     return f"{n:,} {thing}{'' if n == 1 else 's'}"
+
+
+def provenance_check(request: HttpRequest) -> HttpResponse:
+    """Public: paste a text, learn whether it carries the watermark and which samples it matches.
+
+    Anonymous visitors share the API's per-IP budget (30 checks a minute) and see what the API shows them.
+    """
+    form = ProvenanceCheckForm(request.POST or None)
+    result = None
+    status = 200
+    if request.method == "POST":
+        user = request_user(request) if request.user.is_authenticated else None
+        if user is None:
+            allowed, wait = rate_limit_hit(scope="provenance_anon", ident=anonymous_ident(request))
+            if not allowed:
+                response = render(
+                    request, "inference/provenance.html", {"form": form, "retry_after": math.ceil(wait)}, status=429
+                )
+                response["Retry-After"] = str(math.ceil(wait))
+                return response
+        if form.is_valid():
+            result = provenance.provenance_check(user=user, text=form.cleaned_data["text"])
+        else:
+            status = 400
+    return render(request, "inference/provenance.html", {"form": form, "result": result}, status=status)

@@ -20,7 +20,7 @@ from typing import cast
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
-from inference import engine, services
+from inference import engine, provenance, services, watermark
 from inference.models import GenerationJob
 from inference.signal import QueuedWatch
 from models_registry.models import Checkpoint
@@ -90,7 +90,9 @@ class BatchRun:
             else:
                 loaded = cache.get(self.checkpoint.weights_path, self.device)
             self.load_s = time.perf_counter() - load_started
-            self.batch = engine.RunningBatch(loaded, max_rows=settings.INFERENCE_BATCH_MAX_ROWS)
+            self.batch = engine.RunningBatch(
+                loaded, max_rows=settings.INFERENCE_BATCH_MAX_ROWS, watermark=provenance.current_key()
+            )
             finished += self._admit(jobs)
             watch = QueuedWatch(self.checkpoint.pk) if time.monotonic() < self.join_until else None
             try:
@@ -202,6 +204,8 @@ class BatchRun:
         for result in results:
             running = self.running.pop(_job_id(result.key))
             job = running.job
+            # A job's samples share its temperature: all carry the watermark, or (greedy) none does.
+            watermarked = bool(result.samples) and all(s.watermarked for s in result.samples)
             services.job_complete(
                 job=job,
                 worker=self.worker,
@@ -215,5 +219,7 @@ class BatchRun:
                     "load_s": round(running.load_s, 3),
                     "generate_s": round(done - running.joined, 3),
                 },
+                watermark_scheme=watermark.SCHEME if watermarked else "",
+                watermark_key_id=provenance.current_key().key_id if watermarked else "",
             )
         return [_job_id(result.key) for result in results]

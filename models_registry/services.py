@@ -21,6 +21,9 @@ from models_registry.weights import DEMO_SHAPES, GPT2Shape, WeightsError, Weight
 
 # Fixed seeds: a rebuilt demo checkpoint has the same bytes, so its registered SHA-256 stays valid.
 DEMO_SEEDS = {slug: 2019 + index for index, slug in enumerate(DEMO_SHAPES)}
+# Training steps per demo checkpoint: bigger ones take fewer, so all four train in about two minutes
+# on two cores (smallest first, about half a minute each).
+DEMO_TRAIN_STEPS = {"gpt2": 1000, "gpt2-medium": 500, "gpt2-large": 300, "gpt2-xl": 160}
 
 
 def released_shape(checkpoint: Checkpoint) -> GPT2Shape:
@@ -131,13 +134,16 @@ def checkpoint_import(
     )
 
 
-def checkpoints_ensure_demo(*, root: Path, corpus: str) -> list[tuple[Checkpoint, str]]:
+def checkpoints_ensure_demo(*, root: Path, corpus: str, train: bool = False) -> list[tuple[Checkpoint, str]]:
     """Build (if needed) and register the tiny demo checkpoints under root/<slug>/.
 
-    Idempotent: a folder whose weights still hash to what is registered is left alone, and a slug
-    with real weights registered is never touched. Returns each checkpoint with what happened.
+    With `train`, each is trained DEMO_TRAIN_STEPS steps on the English corpus (its tokenizer on
+    `corpus`, which should be that corpus's training part); without, the weights stay random.
+    Idempotent: a folder whose weights still hash to what is registered, trained as asked, is left
+    alone, and a slug with real weights registered is never touched. Returns each checkpoint with
+    what happened.
     """
-    from models_registry.weights import build_demo_checkpoint, file_sha256
+    from models_registry.weights import build_demo_checkpoint, file_sha256, read_training_report
 
     results = []
     for checkpoint in Checkpoint.objects.filter(slug__in=list(DEMO_SHAPES)).order_by("parameter_count"):
@@ -146,10 +152,14 @@ def checkpoints_ensure_demo(*, root: Path, corpus: str) -> list[tuple[Checkpoint
             results.append((checkpoint, "real weights registered; left alone"))
             continue
         weights = folder / "model.safetensors"
+        steps = DEMO_TRAIN_STEPS[checkpoint.slug] if train else 0
+        report = read_training_report(folder)
         if (
             checkpoint.has_weights
             and checkpoint.weights_path == str(folder)
             and weights.is_file()
+            # Random weights from before training was asked for (or the reverse) are rebuilt.
+            and (report or {}).get("steps", 0) == steps
             and file_sha256(weights) == checkpoint.weights_sha256
         ):
             results.append((checkpoint, "up to date"))
@@ -163,6 +173,7 @@ def checkpoints_ensure_demo(*, root: Path, corpus: str) -> list[tuple[Checkpoint
             n_head=shape.n_head,
             seed=DEMO_SEEDS[checkpoint.slug],
             corpus=corpus,
+            train_steps=steps,
         )
         checkpoint = checkpoint_register_weights(
             actor=None, checkpoint=checkpoint, folder=folder, info=info, is_demo=True

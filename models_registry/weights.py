@@ -17,7 +17,11 @@ from typing import cast
 
 from safetensors import SafetensorError, safe_open
 
+from models_registry.training import CorpusSplit, train_language_model
+
 WEIGHTS_FILE = "model.safetensors"
+# How a trained demo checkpoint was trained (steps, time, validation perplexity); beside the weights, not in them.
+TRAINING_FILE = "training.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 EOS_TOKEN = "<|endoftext|>"
 DEMO_VOCAB_SIZE = 2000
@@ -282,12 +286,23 @@ def _check_expected(config: dict[str, int], parameter_count: int, expected: GPT2
 
 
 def build_demo_checkpoint(
-    folder: Path, *, n_layer: int, n_embd: int, n_head: int, seed: int, corpus: str
+    folder: Path,
+    *,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    seed: int,
+    corpus: str,
+    train_steps: int = 0,
+    split: CorpusSplit | None = None,
 ) -> WeightsInfo:
-    """Build a small random-weight GPT-2 with a tokenizer trained on `corpus`.
+    """Build a small GPT-2 with a tokenizer trained on `corpus`.
 
-    For one-machine runs and tests, where real weights are not at hand. The same arguments give
-    the same bytes, so the stored SHA-256 stays valid when the demo is rebuilt.
+    For one-machine runs and tests, where real weights are not at hand. With `train_steps`, the
+    weights are trained that many steps on `split` (default: the English corpus of
+    models_registry.training) and TRAINING_FILE records how far; without, they stay random. The
+    same arguments give the same bytes on one machine, so the stored SHA-256 stays valid when the
+    demo is rebuilt.
     """
     # Imported here: inspecting a checkpoint should not pay for importing torch and transformers.
     import torch
@@ -330,10 +345,18 @@ def build_demo_checkpoint(
             bos_token_id=eos_id,
             eos_token_id=eos_id,
         )
+        if train_steps:
+            # A few hundred steps on a megabyte are far from overfitting; dropout would only slow learning.
+            config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0
         # fork_rng: seeding must not disturb the caller's random stream.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = GPT2LMHeadModel(config)
+        if train_steps:
+            report = train_language_model(
+                model, lambda text: bpe.encode(text).ids, steps=train_steps, seed=seed, split=split
+            )
+            (staging / TRAINING_FILE).write_text(json.dumps(report.as_json(), indent=2) + "\n", encoding="utf-8")
         # transformers 5 only writes safetensors (its `safe_serialization` argument is gone).
         model.save_pretrained(staging)
         # safetensors writes the file owner-only; a worker running as another user must read it.
@@ -350,3 +373,12 @@ def build_demo_checkpoint(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return info
+
+
+def read_training_report(folder: Path) -> dict[str, object] | None:
+    """What TRAINING_FILE says about a demo checkpoint's training, or None for random or foreign weights."""
+    try:
+        data = json.loads((Path(folder) / TRAINING_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -25,6 +25,7 @@ NAV_ITEMS: list[tuple[str, str, tuple[str, ...]]] = [
     ("Audit log", "audit_event_list", LAB_ROLES),
     ("Records", "records_home", LAB_ROLES),
     ("Verify a record", "record_verify", tuple(Role.values)),
+    ("Provenance", "provenance_check", tuple(Role.values)),
     ("API tokens", "api_token_list", tuple(Role.values)),
     ("Webhooks", "webhook_list", (Role.LAB_ADMIN, Role.PARTNER_ADMIN)),
 ]

@@ -314,7 +314,16 @@ def evidence_ledger_json(data: dict[str, Any]) -> bytes:
                 "weights_sha256": row["weights_sha256"],
                 "parameters": row["parameters"],
                 "prompt_sha256": row["prompt_sha256"],
-                "samples": [{"index": s.index, "sha256": s.sha256, "tokens": s.token_count} for s in row["samples"]],
+                "samples": [
+                    {
+                        "index": s.index,
+                        "sha256": s.sha256,
+                        "tokens": s.token_count,
+                        "watermark_scheme": s.watermark_scheme or None,
+                        "watermark_key_id": s.watermark_key_id or None,
+                    }
+                    for s in row["samples"]
+                ],
                 "prompt_tokens": row["job"].prompt_tokens,
                 "tokens_generated": row["job"].tokens_generated,
                 "status": row["job"].status,

@@ -5,6 +5,7 @@ Partner B is the outsider in every test about Partner A's data.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
     # Hashing with the production hasher would dominate the suite's run time.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Training the demo checkpoints takes minutes; tests use random ones, here and in the processes they start.
+    settings.DEMO_CHECKPOINT_TRAINING = False
+    os.environ["DEMO_CHECKPOINT_TRAINING"] = "false"
+    # One watermark key for the suite and the workers it starts, so samples compare across processes.
+    os.environ["WATERMARK_KEY"] = settings.WATERMARK_KEY = "watermark key of the test suite, not a secret"
     from config.celery import app
 
     # Unit tests run tasks in-process; tests marked `worker` start a real worker instead.

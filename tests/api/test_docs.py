@@ -34,6 +34,7 @@ def test_the_schema_is_openapi_3_and_lists_every_endpoint(client):
         "/api/v1/audit/events/",
         "/api/v1/audit/verify/",
         "/api/v1/records/verify/",
+        "/api/v1/provenance/check/",
         "/api/v1/webhooks/",
         "/api/v1/webhooks/{id}/",
         "/api/v1/webhooks/{id}/rotate-secret/",

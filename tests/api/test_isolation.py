@@ -50,6 +50,9 @@ MATRIX: dict[tuple[str, str], tuple[int, int, int, int, int]] = {
     ("api/v1/audit/events/", "GET"): (403, 401, 401, 200, 403),
     ("api/v1/audit/verify/", "GET"): (403, 401, 401, 200, 403),
     ("api/v1/records/verify/", "POST"): (200, 401, 401, 200, 200),
+    # Anyone may ask whether a text came from here (a revoked token is still refused, not taken as anonymous);
+    # what the answer discloses by caller is tested in tests/inference/test_provenance.py.
+    ("api/v1/provenance/check/", "POST"): (200, 200, 401, 200, 200),
     # Stage reviews are the lab's: partners (the owner's researcher too) are told nothing of them.
     ("api/v1/stage-reviews/<slug:checkpoint>/", "GET"): (404, 401, 401, 200, 404),
     # Webhooks are for partner admins and lab admins only (tests/webhooks/test_api.py: admins and outsiders).
@@ -61,6 +64,7 @@ MATRIX: dict[tuple[str, str], tuple[int, int, int, int, int]] = {
     ("api/v1/webhook-deliveries/<int:pk>/resend/", "POST"): (403, 401, 401, 403, 403),
 }
 OTHER_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+PUBLIC_ROUTES = {"api/v1/provenance/check/"}
 
 
 def api_routes() -> dict[str, type]:
@@ -169,6 +173,8 @@ def request_for(client, method: str, url: str, caller: str, record: bytes):
         return client.post(url, job_body(), format="json")
     if url.endswith("/findings/") and method == "POST":
         return client.post(url, finding_body(owners_job_id()), format="json")
+    if url.endswith("/provenance/check/"):
+        return client.post(url, {"text": "Was this paragraph written by a person or by GPT-2?"}, format="json")
     if url.endswith("/incidents/") and method == "POST":
         return client.post(url, incident_body(), format="json")
     return client.generic(method, url)
@@ -200,7 +206,9 @@ def test_methods_a_route_does_not_serve_are_405(world, route):
     for method in sorted(set(OTHER_METHODS) - served):
         response = world.clients["own"].generic(method, url)
         assert response.status_code == 405 and error_of(response)["code"] == "method_not_allowed", (method, url)
-        assert world.clients["anonymous"].generic(method, url).status_code == 401
+        # A public route tells anyone its methods; the others ask for credentials first.
+        expected = 405 if route in PUBLIC_ROUTES else 401
+        assert world.clients["anonymous"].generic(method, url).status_code == expected
 
 
 @pytest.mark.parametrize(

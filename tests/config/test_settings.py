@@ -18,6 +18,7 @@ PRODUCTION = {
     "CELERY_BROKER_URL": "redis://redis.internal:6379/0",
     "REDIS_URL": "redis://redis.internal:6379/1",
     "EMAIL_URL": "smtp://mailer:secret@smtp.example:587",
+    "WATERMARK_KEY": "lab-watermark-secret-0123456789abcdef",
 }
 
 
@@ -52,6 +53,15 @@ def test_secret_key_is_required_when_debug_is_off(tmp_path):
     result = manage("check", tmp_path=tmp_path, DEBUG="false", ALLOWED_HOSTS="x.example")
     assert result.returncode != 0
     assert "SECRET_KEY is required" in result.stderr
+
+
+def test_the_watermark_key_is_required_and_long_when_debug_is_off(tmp_path):
+    production = {k: v for k, v in PRODUCTION.items() if k != "WATERMARK_KEY"}
+    missing = manage("check", tmp_path=tmp_path, **production)
+    assert missing.returncode != 0 and "WATERMARK_KEY is required" in missing.stderr
+    short = manage("check", tmp_path=tmp_path, **production, WATERMARK_KEY="short")
+    assert short.returncode != 0 and "WATERMARK_KEY must be at least 32 characters" in short.stderr
+    assert "short" not in short.stderr.replace("WATERMARK_KEY must be at least", "")
 
 
 def test_development_generates_a_secret_key_once(tmp_path):
@@ -91,7 +101,12 @@ def test_check_deploy_warns_when_webhooks_may_reach_private_addresses(tmp_path):
 
 
 def test_seed_demo_refuses_with_debug_off_unless_told_what_it_does(tmp_path):
-    env = {"DEBUG": "false", "SECRET_KEY": PRODUCTION["SECRET_KEY"], "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"}
+    env = {
+        "DEBUG": "false",
+        "SECRET_KEY": PRODUCTION["SECRET_KEY"],
+        "WATERMARK_KEY": PRODUCTION["WATERMARK_KEY"],
+        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
+    }
     manage("migrate", "--noinput", "-v0", tmp_path=tmp_path, **env)
     refused = manage("seed_demo", tmp_path=tmp_path, **env)
     assert refused.returncode != 0

@@ -185,6 +185,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
         {
             "DEBUG": "false",
             "SECRET_KEY": secrets.token_urlsafe(64),
+            "WATERMARK_KEY": secrets.token_urlsafe(48),
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "CSRF_TRUSTED_ORIGINS": url,
             "TRUST_X_FORWARDED_PROTO": "true",
@@ -199,6 +200,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
             "RECORDS_KEY_PATH": str(root / "keys" / "seal-key.pem"),
             "RECORDS_CERT_PATH": str(root / "keys" / "seal-cert.pem"),
             "CHECKPOINTS_DIR": str(root / "checkpoints"),
+            "DEMO_CHECKPOINT_TRAINING": "false",  # random demo weights: training takes minutes
             "PORT": str(web_port),
             "BIND": "127.0.0.1",
             "WEB_CONCURRENCY": "2",

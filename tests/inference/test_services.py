@@ -17,7 +17,7 @@ from django.utils import timezone
 from agreements import services as agreements
 from agreements.selectors import AccessRefused
 from audit.models import AuditEvent
-from inference import engine, services, signal, tasks
+from inference import engine, provenance, services, signal, tasks
 from inference.models import GenerationJob
 from inference.services import IdempotencyConflict, JobParams
 
@@ -181,9 +181,9 @@ def test_a_job_costs_a_few_statements_to_submit_and_run(researcher_a, active, gp
     assert job.status == GenerationJob.Status.SUCCEEDED and job.device == "cpu"
     # Access check and reservation 5, the job 1, its audit event 2 (lock and head in one round trip, insert).
     assert len(statements(submitted)) <= 8, "\n".join(statements(submitted))
-    # Claim 2 (lead and batch found in one locked read) + audit 2, re-check 1, results 3 + audit 2 + webhook
-    # endpoints 1.
-    assert len(statements(ran)) <= 11, "\n".join(statements(ran))
+    # Claim 2 (lead and batch found in one locked read) + audit 2, re-check 1, results 3 + text fingerprints 1
+    # + audit 2 + webhook endpoints 1.
+    assert len(statements(ran)) <= 12, "\n".join(statements(ran))
 
 
 def test_compatible_queued_jobs_are_claimed_as_one_batch(researcher_a, active, gpt2, settings):
@@ -242,7 +242,7 @@ def test_out_of_memory_mid_batch_halves_it_and_every_job_still_gets_its_samples(
         request = engine.GenerationRequest(
             job.pk, job.prompt, engine.SamplingParams(max_new_tokens=20, temperature=job.temperature, seed=job.seed)
         )
-        [alone] = engine.generate(gpt2.weights_path, [request])
+        [alone] = engine.generate(gpt2.weights_path, [request], watermark=provenance.current_key())
         assert list(job.samples.values_list("text", flat=True)) == [s.text for s in alone.samples]
 
 

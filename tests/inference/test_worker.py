@@ -17,7 +17,7 @@ from django.db import connection, transaction
 
 from agreements.selectors import tokens_charged_today
 from audit.selectors import audit_chain_verify
-from inference import engine, services
+from inference import engine, provenance, services
 from inference.models import GenerationJob, Sample
 from tests.inference.test_services import params
 
@@ -136,7 +136,7 @@ def test_eight_compatible_jobs_run_in_fewer_batches_with_the_same_samples_as_alo
     assert len(batches) < 8
     assert max(GenerationJob.objects.filter(pk__in=[j.pk for j in jobs]).values_list("batch_size", flat=True)) > 1
     for job in jobs:
-        alone = engine.generate(gpt2.weights_path, [_request(job)])[0]
+        alone = engine.generate(gpt2.weights_path, [_request(job)], watermark=provenance.current_key())[0]
         stored = list(job.samples.order_by("index").values_list("text", flat=True))
         assert stored == [s.text for s in alone.samples], f"job {job.pk} differs when batched"
 
@@ -244,7 +244,7 @@ def test_a_job_submitted_mid_batch_joins_it_and_ends_first(paced_worker, researc
     # Same worker, same running batch: it started and ended while the long job was decoding.
     assert short.worker == long.worker and long.started_at < short.started_at < short.finished_at < long.finished_at
     assert short.batch_size == 2
-    alone = engine.generate(gpt2.weights_path, [_request(short)])[0]
+    alone = engine.generate(gpt2.weights_path, [_request(short)], watermark=provenance.current_key())[0]
     assert list(short.samples.values_list("text", flat=True)) == [s.text for s in alone.samples]
     assert tokens_charged_today(organization=long.organization, checkpoint=gpt2) == (
         long.tokens_generated + short.tokens_generated
@@ -268,5 +268,5 @@ def test_a_cancel_racing_a_join_keeps_exactly_what_was_generated(paced_worker, r
     assert tokens_charged_today(organization=long.organization, checkpoint=gpt2) == (
         long.tokens_generated + joining.tokens_generated
     )
-    alone = engine.generate(gpt2.weights_path, [_request(long)])[0]
+    alone = engine.generate(gpt2.weights_path, [_request(long)], watermark=provenance.current_key())[0]
     assert list(long.samples.values_list("text", flat=True)) == [s.text for s in alone.samples]

@@ -58,7 +58,13 @@ def job(active, researcher_a) -> GenerationJob:
     )
     for index, (text, tokens) in enumerate([("began in 2019.", 20), ("is a story of caution.", 21)]):
         Sample.objects.create(
-            job=job, index=index, text=text, token_count=tokens, sha256=hashlib.sha256(text.encode()).hexdigest()
+            job=job,
+            index=index,
+            text=text,
+            token_count=tokens,
+            sha256=hashlib.sha256(text.encode()).hexdigest(),
+            watermark_scheme="green-list-v1",
+            watermark_key_id="0123abcd4567",
         )
     audit_append(
         actor=None,
@@ -170,10 +176,12 @@ def test_the_auditor_exports_an_evidence_bundle(
         hashlib.sha256(job.prompt.encode()).hexdigest(),
         *(sample.sha256 for sample in job.samples.all()),
         "generated 41",
+        "watermark green-list-v1, key 0123abcd4567",
     ]:
         assert expected in text, expected
     ledger = json.loads(PdfReader(io.BytesIO(response.content)).attachments["evidence-ledger.json"][0])
     assert ledger["jobs"][0]["weights_sha256"] == WEIGHTS_SHA256
+    assert ledger["jobs"][0]["samples"][0]["watermark_key_id"] == "0123abcd4567"
     assert ledger["grants"][0]["revoke_reason"].endswith("The research finished early.")
 
     actions = list(

@@ -9,13 +9,15 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from models_registry import services
-from models_registry.weights import DEMO_CORPUS_PATH
+from models_registry.training import corpus_split
+from models_registry.weights import DEMO_CORPUS_PATH, read_training_report
 
 
 class Command(BaseCommand):
     help = (
-        "Build tiny random-weight GPT-2 checkpoints (a tokenizer trained on bundled text) under CHECKPOINTS_DIR "
-        "and register them as demo weights, except where real weights are registered. Fast when up to date."
+        "Build tiny GPT-2 checkpoints under CHECKPOINTS_DIR, briefly trained on English text that ships with "
+        "Python (random weights when DEMO_CHECKPOINT_TRAINING is off), and register them as demo weights, "
+        "except where real weights are registered. About two minutes the first time; fast when up to date."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -27,7 +29,15 @@ class Command(BaseCommand):
         root = Path(root or settings.CHECKPOINTS_DIR)
         # Building needs no network; keep the Hugging Face libraries from trying.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        corpus = DEMO_CORPUS_PATH.read_text(encoding="utf-8")
-        for checkpoint, outcome in services.checkpoints_ensure_demo(root=root, corpus=corpus):
+        train = bool(settings.DEMO_CHECKPOINT_TRAINING)
+        # Trained checkpoints get a tokenizer of the text they learn; random ones the small bundled text.
+        corpus = corpus_split().train_text if train else DEMO_CORPUS_PATH.read_text(encoding="utf-8")
+        for checkpoint, outcome in services.checkpoints_ensure_demo(root=root, corpus=corpus, train=train):
             detail = f" ({checkpoint.weights_sha256[:12]}…)" if checkpoint.is_demo else ""
+            report = read_training_report(Path(checkpoint.weights_path)) if checkpoint.is_demo else None
+            if report:
+                detail += (
+                    f" — validation perplexity {report['validation_perplexity']:,}"
+                    f" (uniform {report['uniform_perplexity']:,})"
+                )
             self.stdout.write(f"  {checkpoint.slug:<12} {outcome}{detail}")
