@@ -28,7 +28,7 @@ from audit.services import audit_append
 from core.errors import DomainError
 from core.tasks import task_send
 from inference.models import GenerationJob, Sample, SampleFingerprint
-from inference.shingles import fingerprints_many
+from inference.shingles import fingerprints
 from inference.signal import job_finished_on_commit, publish_queued
 from inference.tokens import count_prompt_tokens
 from models_registry.models import Checkpoint
@@ -685,10 +685,6 @@ def samples_index(*, samples: list[Sample]) -> int:
 
     Indexing a sample again adds nothing (the fingerprint is the row's key), so reindexing is safe.
     """
-    positions, hashes = fingerprints_many(sample.text for sample in samples)
-    rows = [
-        SampleFingerprint(sample_id=samples[position].pk, hash=h)
-        for position, h in zip(positions.tolist(), hashes.tolist(), strict=True)
-    ]
+    rows = [SampleFingerprint(sample_id=sample.pk, hash=h) for sample in samples for h in fingerprints(sample.text)]
     SampleFingerprint.objects.bulk_create(rows, batch_size=5000, ignore_conflicts=True)
     return len(rows)

@@ -18,8 +18,11 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 K = 4  # words per shingle
 M = 2  # keep one shingle hash in M
@@ -62,6 +65,8 @@ def fingerprints(text: str) -> list[int]:
 
 
 def _mix_array(z: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
@@ -73,6 +78,9 @@ def fingerprints_many(texts: Iterable[str], cache: dict[str, int] | None = None)
     Sorted by position then hash, distinct per text. `cache` maps words to their hashes and may be
     passed between calls so a large corpus hashes each distinct word once.
     """
+    # Imported here: the web tier imports this module for `fingerprints`, and numpy costs it 20 MB.
+    import numpy as np
+
     cache = {} if cache is None else cache
     ids: list[int] = []
     lengths: list[int] = []
@@ -88,6 +96,8 @@ def fingerprints_many(texts: Iterable[str], cache: dict[str, int] | None = None)
 
 
 def _fingerprint_arrays(word_hashes: np.ndarray, lengths: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+
     lengths = np.asarray(lengths, dtype=np.int64)
     n = len(word_hashes)
     empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
