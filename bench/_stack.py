@@ -105,12 +105,14 @@ class Stack:
 
     # --- workers -------------------------------------------------------------------------------
 
-    def start_worker(self, *, env: dict[str, str], log: Path, queues: str = "gpu") -> subprocess.Popen:
+    def start_worker(
+        self, *, env: dict[str, str], log: Path, queues: str = "gpu", pool: str = "prefork"
+    ) -> subprocess.Popen:
         """`celery -A config worker --pool prefork --concurrency 1`, as production runs a GPU worker."""
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues,
-             "--pool", "prefork", "--concurrency", "1", "--hostname", f"bench-{len(self.workers)}@%h",
-             "--loglevel", "WARNING"],
+             "--pool", pool, *(["--concurrency", "1"] if pool == "prefork" else []),
+             "--hostname", f"bench-{len(self.workers)}@%h", "--loglevel", "WARNING"],
             cwd=ROOT, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: the pool child goes with it
         )  # fmt: skip

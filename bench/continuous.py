@@ -105,16 +105,14 @@ def _run_hf_generate(model, prompt_ids, limits, eos: int) -> list[list[int]]:
     import torch
     from transformers import GenerationConfig
 
+    from inference import engine
+
     outputs: list[list[int]] = []
     for start in range(0, len(prompt_ids), BATCH):
         rows = prompt_ids[start : start + BATCH]
         row_limits = limits[start : start + BATCH]
-        width = max(len(ids) for ids in rows)
-        input_ids = torch.full((len(rows), width), eos, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, ids in enumerate(rows):
-            input_ids[i, width - len(ids) :] = torch.tensor(ids)
-            mask[i, width - len(ids) :] = 1
+        input_ids, mask = engine.left_padded(rows, pad=eos)
+        width = input_ids.shape[1]
         config = GenerationConfig(
             do_sample=False, max_new_tokens=max(row_limits), eos_token_id=eos, pad_token_id=eos, bos_token_id=eos
         )

@@ -23,8 +23,9 @@ organisations, agreements and checkpoints into a temporary folder. Parts (`--par
 
     .venv/bin/python bench/provenance.py [--part index|watermark] [--samples 1000000] [--queries 500]
 
-Environment (defaults in brackets): BENCH_PG_URL [DATABASE_URL's server, else
-postgres://postgres:postgres@127.0.0.1:5432], BENCH_DB_NAME [modelpact_bench_provenance].
+Environment (defaults in brackets): BENCH_PG_URL [postgres://postgres:postgres@127.0.0.1:5432],
+BENCH_DB_NAME [modelpact_bench_provenance], BENCH_BROKER_URL [redis://127.0.0.1:6379/9; flushed]
+(bench/_stack.py).
 """
 
 from __future__ import annotations
@@ -41,17 +42,15 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
-import shutil  # noqa: E402
 import statistics  # noqa: E402
 import struct  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from urllib.parse import urlsplit  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from bench._common import cpu_model, emit, percentile, stdout_to_stderr  # noqa: E402
+from bench._stack import Stack  # noqa: E402
 
 TARGET_RECALL = 0.99
 TARGET_P99_MS = 100.0
@@ -60,54 +59,6 @@ REPLACED = 0.10
 CHUNK = 100_000  # samples generated, fingerprinted and copied at a time
 SAMPLES_PER_JOB = 10_000  # Sample.index is a small integer
 LICENSES = Path("/usr/share/common-licenses")
-
-
-def _server() -> str:
-    if url := os.environ.get("BENCH_PG_URL"):
-        return url.rstrip("/")
-    if (url := os.environ.get("DATABASE_URL", "")).startswith("postgres"):
-        parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.netloc}"
-    return "postgres://postgres:postgres@127.0.0.1:5432"
-
-
-def _database(server: str, name: str, *, create: bool) -> None:
-    import psycopg
-
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if create:
-            conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def _setup_django(database_url: str, var_dir: str) -> dict[str, float]:
-    os.environ.update(
-        {
-            "DATABASE_URL": database_url,
-            "MODELPACT_VAR_DIR": var_dir,
-            "CELERY_BROKER_URL": "memory://",
-            "CELERY_TASK_ALWAYS_EAGER": "false",
-            "DEBUG": "true",  # seed_demo and the development sealing key want it; a throwaway database
-            "LOG_LEVEL": "WARNING",
-            "HF_HUB_OFFLINE": "1",
-            # The index needs rows, not trained weights; the watermark part builds its own trained gpt2.
-            "DEMO_CHECKPOINT_TRAINING": "false",
-        }
-    )
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    import django
-
-    django.setup()
-    from django.conf import settings
-    from django.core.management import call_command
-
-    t = time.perf_counter()
-    call_command("migrate", verbosity=0)
-    migrate_s = time.perf_counter() - t
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    t = time.perf_counter()
-    call_command("seed_demo", stdout=sys.stderr)
-    return {"migrate_s": round(migrate_s, 1), "seed_demo_s": round(time.perf_counter() - t, 1)}
 
 
 class _Corpus:
@@ -520,14 +471,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     started = time.perf_counter()
-    server = _server()
-    db_name = os.environ.get("BENCH_DB_NAME", "modelpact_bench_provenance")
-    tmp = tempfile.mkdtemp(prefix="mp-bench-provenance-")
+    stack = Stack(db_name=os.environ.get("BENCH_DB_NAME", "modelpact_bench_provenance"), prefix="mp-bench-provenance-")
+    # The index needs rows, not trained weights; the watermark part builds its own trained gpt2.
+    os.environ["DEMO_CHECKPOINT_TRAINING"] = "false"
     out: dict = {"benchmark": "provenance"}
     try:
         with stdout_to_stderr():
-            _database(server, db_name, create=True)
-            out["setup"] = _setup_django(f"{server}/{db_name}", tmp)
+            stack.setup()
+            out["setup"] = stack.timings
             from django.db import connection
 
             with connection.cursor() as cursor:
@@ -538,12 +489,7 @@ def main() -> None:
                     out[name] = run(args)
     finally:
         with stdout_to_stderr():
-            from django.db import connections
-
-            connections.close_all()
-            if not args.keep:
-                _database(server, db_name, create=False)
-            shutil.rmtree(tmp, ignore_errors=True)
+            stack.teardown(keep=args.keep)
     out["machine"] = {
         "cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "loadavg_1m": round(os.getloadavg()[0], 2),
     }  # fmt: skip

@@ -32,34 +32,15 @@ import argparse  # noqa: E402
 import collections  # noqa: E402
 import contextlib  # noqa: E402
 import os  # noqa: E402
-import secrets  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime  # noqa: E402
 
 from bench._common import emit, machine_info, quiet_transformers, stdout_to_stderr, summary  # noqa: E402
+from bench._stack import Stack  # noqa: E402
 
 TARGET_RATIO = 1.2
 POLL_S = 0.01  # the back-to-back check's wait for a job to start (no signal for starting)
 PROMPT = "The Partner may use the checkpoint only for the purpose stated in the agreement, and"
-
-
-def _create_database(server: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def _drop_database(server: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class _Timer:
@@ -134,67 +115,28 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
 
-    server = os.environ.get("BENCH_PG_URL", "postgres://postgres:postgres@127.0.0.1:5432").rstrip("/")
-    db_name = os.environ.get("BENCH_DB_NAME", "mp_bench_queue")
-    broker = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/9")
-    tmp = Path(tempfile.mkdtemp(prefix="mp-bench-queue-"))
-    env = {
-        "DATABASE_URL": f"{server}/{db_name}",
-        "CELERY_BROKER_URL": broker,
-        "MODELPACT_VAR_DIR": str(tmp / "var"),
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "SECRET_KEY": secrets.token_urlsafe(48),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "CELERY_TASK_ALWAYS_EAGER": "false",
-        "LOG_LEVEL": "WARNING",
-    }
+    stack = Stack(db_name=os.environ.get("BENCH_DB_NAME", "mp_bench_queue"), prefix="mp-bench-queue-")
     if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
-    os.environ.update(env)
-    worker: subprocess.Popen | None = None
-    worker_log = tmp / "worker.log"
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    worker_log = stack.tmp / "worker.log"
     out: dict = {"benchmark": "queue", "worker_pool": args.pool}
     phase = "setup"
     try:
         with stdout_to_stderr():
             quiet_transformers()
-            import redis
             import torch
 
             if args.threads:
                 torch.set_num_threads(args.threads)
-            _create_database(server, db_name)
-            redis.Redis.from_url(broker).flushdb()
-            t = time.perf_counter()
-            subprocess.run(
-                [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-                cwd=_ROOT, env={**os.environ}, check=True, stdout=sys.stderr,
-            )  # fmt: skip
-            migrate_s = time.perf_counter() - t
-
-            import django
-
-            django.setup()
-            from django.conf import settings
-            from django.core.management import call_command
+            stack.setup()
             from django.db import connection
 
-            # The demo logins need no production-strength password hashing to be benchmarked.
-            settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-            t = time.perf_counter()
-            call_command("seed_demo", stdout=sys.stderr)
-            seed_s = time.perf_counter() - t
-            redis.Redis.from_url(broker).flushdb()  # seeding queued notification emails; not ours to time
-
             from accounts.models import User
-            from config.celery import app
             from inference import engine, services, tasks
             from inference.models import GenerationJob
             from inference.signal import job_wait_finished
             from models_registry.models import Checkpoint
 
-            app.conf.task_always_eager = False
             researcher = User.objects.get(email="researcher@partner-a.example")
             checkpoint = Checkpoint.objects.get(slug=args.checkpoint)
             params = services.JobParams(
@@ -207,12 +149,7 @@ def main() -> None:
             direct_cache = engine.ModelCache()
 
             phase = "worker"
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "config", "worker", "--queues", "default,gpu",
-                 "--pool", args.pool, *(["--concurrency", "1"] if args.pool == "prefork" else []),
-                 "--hostname", "bench@%h", "--loglevel", "WARNING"],
-                cwd=_ROOT, env={**os.environ}, stdout=worker_log.open("w"), stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            stack.start_worker(env={}, log=worker_log, queues="default,gpu", pool=args.pool)
 
             publish_times: list[float] = []
             original_apply_async = tasks.run_job.apply_async
@@ -396,8 +333,8 @@ def main() -> None:
                 "broker_publish_s": summary(publish_times) if publish_times else None,
                 "attribution_in_process": {"jobs": attributed, "per_call": attribution},
                 "setup_s": {
-                    "migrate": round(migrate_s, 1),
-                    "seed_demo": round(seed_s, 1),
+                    "migrate": stack.timings["migrate_s"],
+                    "seed_demo": stack.timings["seed_demo_s"],
                     "worker_start_and_first_job": round(worker_ready_s, 1),
                 },
                 "warm_job": {k: round(v, 3) for k, v in warm.items()},
@@ -411,25 +348,7 @@ def main() -> None:
         if worker_log.exists():
             out["worker_log_tail"] = worker_log.read_text(errors="replace")[-2000:]
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(timeout=10)
-        with contextlib.suppress(Exception):
-            from django.db import connections
-
-            connections.close_all()
-        if not args.keep:
-            with contextlib.suppress(Exception):
-                _drop_database(server, db_name)
-            with contextlib.suppress(Exception):
-                import redis
-
-                redis.Redis.from_url(broker).flushdb()
-            shutil.rmtree(tmp, ignore_errors=True)
+        stack.teardown(keep=args.keep)
     machine = machine_info("cpu")
     machine["worker_torch_threads"] = args.threads or "torch default"
     out["machine"] = machine

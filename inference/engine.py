@@ -296,6 +296,17 @@ def _row_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
+def left_padded(rows: list[list[int]], *, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one batch, right-aligned: (input ids, attention mask), padding masked out."""
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for n, ids in enumerate(rows):
+        input_ids[n, width - len(ids) :] = torch.tensor(ids)
+        mask[n, width - len(ids) :] = 1
+    return input_ids, mask
+
+
 def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     """`tensor` widened to `width` along `dim` with zeros in front (padding the attention mask hides)."""
     missing = width - tensor.shape[dim]
@@ -404,12 +415,7 @@ class RunningBatch:
                 owners.append(n)
 
         # One prefill row per prompt, its cache then repeated for each sample of that prompt.
-        width = max(len(ids) for ids in prompts)
-        input_ids = torch.full((len(prompts), width), eos, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for n, ids in enumerate(prompts):
-            input_ids[n, width - len(ids) :] = torch.tensor(ids)
-            mask[n, width - len(ids) :] = 1
+        input_ids, mask = left_padded(prompts, pad=eos)
         input_ids, mask = input_ids.to(device), mask.to(device)
         try:
             _inject_fault(self.steps)

@@ -45,6 +45,7 @@ def all_keys() -> list[WatermarkKey]:
 
 
 MAX_TEXT_CHARS = 20_000
+MATCH_LIMIT = 10
 
 
 class Disclosure(StrEnum):
@@ -110,7 +111,8 @@ def provenance_check(*, user: User | None, text: str) -> ProvenanceResult:
         disclosure = Disclosure.PUBLIC
 
     found = verdict(score(ids, key) for ids in _tokenizations(text) for key in all_keys())
-    matches = _disclosed(sample_matches(text=text, limit=MATCH_LIMIT), disclosure, user)
+    own = user.membership.organization_id if user is not None and disclosure is Disclosure.OWN_ORGANIZATION else None
+    matches = _disclosed(sample_matches(text=text, limit=MATCH_LIMIT, organization_id=own), disclosure)
     digest = hashlib.sha256(text.encode()).hexdigest()
     audit_append(
         actor=user,
@@ -127,9 +129,6 @@ def provenance_check(*, user: User | None, text: str) -> ProvenanceResult:
     return ProvenanceResult(digest, len(text), found, disclosure, matches)
 
 
-MATCH_LIMIT = 10
-
-
 def _tokenizations(text: str) -> list[list[int]]:
     """The text's token ids under each distinct tokenizer among the checkpoints with weights."""
     folders: dict[str, str] = {}
@@ -141,18 +140,16 @@ def _tokenizations(text: str) -> list[list[int]]:
     return [token_ids(path, text) for path in folders.values()] or [[]]
 
 
-def _disclosed(found: list[SampleMatch], disclosure: Disclosure, user: User | None) -> list[MatchFound]:
+def _disclosed(found: list[SampleMatch], disclosure: Disclosure) -> list[MatchFound]:
+    """The matches with their agreement, and the sample itself where the asker may see it."""
     samples = Sample.objects.select_related(
         "job__organization", "job__checkpoint", "job__grant__agreement", "job__requester"
     ).in_bulk([match.sample_id for match in found])
-    own = user.membership.organization_id if disclosure is Disclosure.OWN_ORGANIZATION and user else None
     matches = []
     for match in found:
         sample = samples.get(match.sample_id)
         if sample is None:
-            continue
-        if disclosure is Disclosure.OWN_ORGANIZATION and sample.job.organization_id != own:
-            continue
+            continue  # deleted since the lookup
         shown = sample if disclosure is not Disclosure.PUBLIC else None
         matches.append(MatchFound(sample.job.grant.agreement.reference, match.shared, match.overlap, shown))
     return matches

@@ -157,18 +157,21 @@ class SampleMatch:
     overlap: float  # shared / query, 0..1
 
 
-def sample_matches(*, text: str, limit: int = 10) -> list[SampleMatch]:
+def sample_matches(*, text: str, limit: int = 10, organization_id: int | None = None) -> list[SampleMatch]:
     """Stored samples the text was probably cut from (near-duplicates), most shared first.
 
-    Not scoped: the caller decides what it may disclose about the samples found.
+    With `organization_id`, only that organisation's samples (so its own matches are never crowded
+    out by others'); without, every organisation's: the caller decides what it may disclose.
     """
     query = fingerprints(text)
     if len(query) < MATCH_MIN_SHARED:
         return []
     needed = max(MATCH_MIN_SHARED, math.ceil(MATCH_MIN_OVERLAP * len(query)))
+    found = SampleFingerprint.objects.filter(hash__in=query)
+    if organization_id is not None:
+        found = found.filter(sample__job__organization_id=organization_id)
     rows = (
-        SampleFingerprint.objects.filter(hash__in=query)
-        .values("sample_id")
+        found.values("sample_id")
         .annotate(shared=Count("*"))
         .filter(shared__gte=needed)
         .order_by("-shared", "sample_id")[:limit]

@@ -42,7 +42,8 @@ def _job_id(key: Hashable) -> int:
     return cast(int, key)  # requests are keyed by job id
 
 
-def _request(job: GenerationJob) -> engine.GenerationRequest:
+def job_request(job: GenerationJob) -> engine.GenerationRequest:
+    """What the engine is asked for a job: its prompt and sampling parameters, keyed by its id."""
     return engine.GenerationRequest(
         key=job.pk,
         prompt=job.prompt,
@@ -153,7 +154,7 @@ class BatchRun:
         admitted: list[GenerationJob] = []
         failed: list[int] = []
         for job in jobs:
-            reason = batch.refusal(_request(job))
+            reason = batch.refusal(job_request(job))
             if reason is None:
                 admitted.append(job)
                 continue
@@ -167,7 +168,7 @@ class BatchRun:
         load_s = 0.0 if self.loaded_once else self.load_s  # only the first jobs waited for it
         self.loaded_once = True
         try:
-            results = batch.add([_request(job) for job in admitted])
+            results = batch.add([job_request(job) for job in admitted])
         except engine.GenerationOOM:
             if batch:
                 # Room will come as running jobs end; until then no more rows than the batch has now.

@@ -20,6 +20,7 @@ from audit.models import AuditEvent
 from inference import engine, provenance, services, signal, tasks
 from inference.models import GenerationJob
 from inference.services import IdempotencyConflict, JobParams
+from inference.worker import job_request
 
 pytestmark = pytest.mark.django_db
 
@@ -239,10 +240,7 @@ def test_out_of_memory_mid_batch_halves_it_and_every_job_still_gets_its_samples(
     for job in jobs:
         job.refresh_from_db()
         assert job.status == GenerationJob.Status.SUCCEEDED, job.error_message
-        request = engine.GenerationRequest(
-            job.pk, job.prompt, engine.SamplingParams(max_new_tokens=20, temperature=job.temperature, seed=job.seed)
-        )
-        [alone] = engine.generate(gpt2.weights_path, [request], watermark=provenance.current_key())
+        [alone] = engine.generate(gpt2.weights_path, [job_request(job)], watermark=provenance.current_key())
         expected = [services.storable_text(s.text) for s in alone.samples]  # NUL stored as U+FFFD
         assert list(job.samples.values_list("text", flat=True)) == expected
 

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from inference import engine
 from inference.engine import GenerationRequest, ModelCache, SamplingParams, generate
 from inference.watermark import GAMMA, Score, Verdict, WatermarkKey, mix32, score, verdict
-from models_registry.weights import DEMO_CORPUS_PATH, DEMO_SHAPES, build_demo_checkpoint
+from models_registry.weights import DEMO_CORPUS_PATH
 
 KEY = WatermarkKey.from_secret("lab watermark key for tests")
 OTHER_KEY = WatermarkKey.from_secret("some other lab's key")
@@ -23,18 +23,8 @@ SAMPLED = SamplingParams(max_new_tokens=100, temperature=0.9, top_p=0.9, seed=11
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    shape = DEMO_SHAPES["gpt2"]
-    path = tmp_path_factory.mktemp("watermark") / "gpt2"
-    build_demo_checkpoint(
-        path,
-        n_layer=shape.n_layer,
-        n_embd=shape.n_embd,
-        n_head=shape.n_head,
-        seed=3,
-        corpus=DEMO_CORPUS_PATH.read_text(encoding="utf-8"),
-    )
-    return path
+def folder(demo_weights: dict[str, Path]) -> Path:
+    return demo_weights["gpt2"]
 
 
 @pytest.fixture(scope="module")

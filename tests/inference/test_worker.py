@@ -19,6 +19,7 @@ from agreements.selectors import tokens_charged_today
 from audit.selectors import audit_chain_verify
 from inference import engine, provenance, services
 from inference.models import GenerationJob, Sample
+from inference.worker import job_request
 from tests.inference.test_services import params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,7 +137,7 @@ def test_eight_compatible_jobs_run_in_fewer_batches_with_the_same_samples_as_alo
     assert len(batches) < 8
     assert max(GenerationJob.objects.filter(pk__in=[j.pk for j in jobs]).values_list("batch_size", flat=True)) > 1
     for job in jobs:
-        alone = engine.generate(gpt2.weights_path, [_request(job)], watermark=provenance.current_key())[0]
+        alone = _alone(gpt2, job)
         stored = list(job.samples.order_by("index").values_list("text", flat=True))
         expected = [services.storable_text(s.text) for s in alone.samples]  # NUL stored as U+FFFD
         assert stored == expected, f"job {job.pk} differs when batched"
@@ -149,16 +150,10 @@ def _batches_of(jobs) -> list[list[int]]:
     return [event.data["batch"] for event in started]
 
 
-def _request(job: GenerationJob) -> engine.GenerationRequest:
+def _alone(checkpoint, job: GenerationJob) -> engine.RequestResult:
+    """What the engine gives for the job run on its own (the worker's key, as every worker has)."""
     job.refresh_from_db()
-    return engine.GenerationRequest(
-        key=job.pk,
-        prompt=job.prompt,
-        params=engine.SamplingParams(
-            max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_k=job.top_k, top_p=job.top_p,
-            num_samples=job.num_samples, seed=job.seed,
-        ),
-    )  # fmt: skip
+    return engine.generate(checkpoint.weights_path, [job_request(job)], watermark=provenance.current_key())[0]
 
 
 def test_sigkill_mid_job_five_times_loses_nothing_and_duplicates_nothing(worker, researcher_a, active, gpt2):
@@ -245,7 +240,7 @@ def test_a_job_submitted_mid_batch_joins_it_and_ends_first(paced_worker, researc
     # Same worker, same running batch: it started and ended while the long job was decoding.
     assert short.worker == long.worker and long.started_at < short.started_at < short.finished_at < long.finished_at
     assert short.batch_size == 2
-    alone = engine.generate(gpt2.weights_path, [_request(short)], watermark=provenance.current_key())[0]
+    alone = _alone(gpt2, short)
     expected = [services.storable_text(s.text) for s in alone.samples]  # NUL stored as U+FFFD
     assert list(short.samples.values_list("text", flat=True)) == expected
     assert tokens_charged_today(organization=long.organization, checkpoint=gpt2) == (
@@ -270,6 +265,6 @@ def test_a_cancel_racing_a_join_keeps_exactly_what_was_generated(paced_worker, r
     assert tokens_charged_today(organization=long.organization, checkpoint=gpt2) == (
         long.tokens_generated + joining.tokens_generated
     )
-    alone = engine.generate(gpt2.weights_path, [_request(long)], watermark=provenance.current_key())[0]
+    alone = _alone(gpt2, long)
     expected = [services.storable_text(s.text) for s in alone.samples]  # NUL stored as U+FFFD
     assert list(long.samples.values_list("text", flat=True)) == expected
