@@ -18,7 +18,11 @@ list). Each workload goes through four implementations:
 
 It prints one JSON object: useful tokens/s (the tokens each job asked for and got, never padding
 or a truncated row's extra steps) per implementation and workload, mixed/even per implementation,
-and whether the greedy tokens are identical across the four, with every mismatch listed.
+and whether the greedy tokens are identical across the four, with every mismatch listed. It also
+times the engine's decode step at 1..8 rows and works out the best mixed/even any first-come
+continuous batcher could reach with those step costs and free joins (`fifo_bound`): on a CPU a step
+of few rows is not proportionally cheaper, so the mixed workload's tail costs throughput whoever
+schedules it.
 
     .venv/bin/python bench/continuous.py [--threads 1] [--budget-s 240]
 
@@ -186,6 +190,43 @@ def _run_hf_continuous(model, prompt_ids, limits, eos: int) -> list[list[int]]:
     return [list(r.generated_tokens) for r in ordered]
 
 
+def _step_costs(engine, loaded, prompts: list[str], *, rounds: int = 4, steps: int = 6) -> dict[int, float]:
+    """Median seconds of one decode step of the engine's running batch with 1..BATCH rows.
+
+    One batch per row count, stepped in turns (`rounds` times `steps` steps each), so a change in the
+    machine's load hits every row count alike; each batch first decodes 32 tokens, so its cache is
+    about as long as the workloads' average."""
+    params = engine.SamplingParams(max_new_tokens=32 + rounds * steps + 2, temperature=0)
+    batches = {}
+    for rows in range(1, BATCH + 1):
+        batch = engine.RunningBatch(loaded)
+        batch.add([engine.GenerationRequest(n, prompts[n], params) for n in range(rows)])
+        for _ in range(32):
+            batch.step()
+        batches[rows] = batch
+    times: dict[int, list[float]] = {rows: [] for rows in batches}
+    for _ in range(rounds):
+        for rows, batch in batches.items():
+            for _ in range(steps):
+                t = time.perf_counter()
+                batch.step()
+                times[rows].append(time.perf_counter() - t)
+    return {rows: statistics.median(values) for rows, values in times.items()}
+
+
+def _fifo_seconds(limits: list[int], costs: dict[int, float]) -> float:
+    """Decode time of jobs asking for `limits` tokens through an ideal first-come continuous batcher
+    of BATCH rows: a job joins at the step a row frees up, joins and leaves cost nothing, and each
+    step costs what the engine's step of that many rows measured."""
+    waiting, rows, seconds = list(limits), [], 0.0
+    while waiting or rows:
+        while waiting and len(rows) < BATCH:
+            rows.append(waiting.pop(0))
+        seconds += costs[len(rows)]
+        rows = [left - 1 for left in rows if left > 1]
+    return seconds
+
+
 def _first_difference(a: list[int], b: list[int]) -> int:
     for n, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
@@ -251,6 +292,7 @@ def main() -> None:
                 "hf_continuous": lambda limits: _run_hf_continuous(model, prompt_ids, limits, eos),
             }
             errors: dict[str, str] = {}
+            step_costs = _step_costs(engine, loaded, prompts)
             # Warm-up: first-call allocations of every path, on a few short jobs.
             for name, run in runners.items():
                 try:
@@ -327,6 +369,21 @@ def main() -> None:
                     )
 
     engine_entry = implementations["engine"]
+    # What a first-come schedule allows at best, given how the engine's step cost grows with rows:
+    # the tail of the mixed workload runs few rows, and a step of few rows is not proportionally cheaper.
+    ideal = {workload: sum(limits) / _fifo_seconds(limits, step_costs) for workload, limits in workloads.items()}
+    bound = round(ideal["mixed"] / ideal["even"], 3)
+    fifo_bound = {
+        "step_ms_by_rows": {rows: round(cost * 1000, 1) for rows, cost in step_costs.items()},
+        "mixed_over_even": bound,
+        "engine_share_of_bound": round(engine_entry["mixed_over_even"] / bound, 3)
+        if "mixed_over_even" in engine_entry
+        else None,
+        "note": (
+            "best mixed/even for any first-come continuous batcher of this many rows whose step costs what "
+            "the engine's measured step of that many rows costs, with joins (prefills) and leaves free"
+        ),
+    }
     out = {
         "benchmark": "continuous",
         "checkpoint": {
@@ -347,6 +404,7 @@ def main() -> None:
         },
         "reps": reps,
         "implementations": implementations,
+        "fifo_bound": fifo_bound,
         "hf_continuous_api": {
             "even": "model.generate_batch(max_new_tokens=64)",
             "mixed": "model.continuous_batching_context_manager() + add_request(max_new_tokens=limit) per job",

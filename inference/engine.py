@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import logging
 import os
 import secrets
 import threading
@@ -36,6 +37,7 @@ from inference.static_decode import BUCKETS, StaticDecoder, bucket_for
 from inference.watermark import DELTA, GREEN_BELOW, MASK32, MULTIPLIER, WatermarkKey
 
 # Loading weights draws a progress bar on stderr, which a Celery worker logs as a warning per load.
+logger = logging.getLogger(__name__)
 transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers
 
 DEFAULT_CACHE_BYTES = 8 * 1024**3
@@ -111,6 +113,40 @@ class LoadedModel:
     # The static KV pool and decode steps (CUDA graphs on a GPU), made by `warm` or the first
     # batch that decodes statically; it goes with the model when the cache evicts it.
     static: StaticDecoder | None = None
+    # Set by the cache holding this model: evicts other models until `bytes` more fit its budget.
+    make_room: Callable[[int], None] | None = None
+    # The device had no room for the static pool: batches decode dynamically (warm() may try again).
+    static_failed: bool = False
+
+    @property
+    def total_bytes(self) -> int:
+        """The weights and, once made, the static KV pool: what keeping this model costs the device."""
+        return self.nbytes + (self.static.nbytes if self.static is not None else 0)
+
+    def make_static(self, rows: int, compile: bool) -> StaticDecoder | None:
+        """Make this model's static decoder of `rows` slots, or None when its pool does not fit.
+
+        Other cached models are evicted first if the pool would take the cache past its budget. When
+        the device has no room even then, batches decode on the dynamic cache instead (one warning).
+        """
+        self.static = None  # an old pool goes before a new one is allocated
+        _free_memory()
+        if self.make_room is not None:
+            self.make_room(StaticDecoder.pool_bytes(self.model, rows))
+        try:
+            self.static = StaticDecoder(self.model, rows=rows, compile=compile)
+        except torch.OutOfMemoryError:
+            oom = True
+        else:
+            oom = False
+        self.static_failed = oom
+        if oom:  # outside the except block, the frames holding the partial pool are gone
+            _free_memory()
+            logger.warning(
+                "No device memory for a static KV pool of %d rows (%.1f GB); decoding on the dynamic cache.",
+                bucket_for(rows), StaticDecoder.pool_bytes(self.model, rows) / 1e9,
+            )  # fmt: skip
+        return self.static
 
 
 def pick_device(preferred: str | None = None) -> str:
@@ -141,7 +177,11 @@ def count_prompt_tokens(folder: Path | str, prompt: str) -> int:
 
 
 class ModelCache:
-    """Loaded checkpoints of this process, least recently used evicted past `max_bytes`."""
+    """Loaded checkpoints of this process, least recently used evicted past `max_bytes`.
+
+    A model's static KV pool counts with its weights (LoadedModel.total_bytes): on a GPU the pool of
+    a large checkpoint can outweigh the weights, and loading another checkpoint evicts both.
+    """
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
@@ -158,9 +198,16 @@ class ModelCache:
             # Make room first: on a GPU the old weights must be gone before the new ones land.
             self._evict(incoming=_estimate_bytes(Path(key[0]), _dtype_for(device)))
             entry = _load_model(Path(key[0]), device)
+            entry.make_room = lambda incoming: self._make_room(incoming, keep=key)
             self._entries[key] = entry
             self._evict(incoming=0, keep=key)
             return entry
+
+    def _make_room(self, incoming: int, *, keep: tuple[str, str]) -> None:
+        with self._lock:
+            if keep in self._entries:
+                self._entries.move_to_end(keep)  # the model growing is in use: the others go first
+            self._evict(incoming=incoming, keep=keep)
 
     def cached_keys(self) -> list[tuple[str, str]]:
         """Cached (folder, device) pairs, least recently used first."""
@@ -168,7 +215,7 @@ class ModelCache:
 
     @property
     def total_bytes(self) -> int:
-        return sum(entry.nbytes for entry in self._entries.values())
+        return sum(entry.total_bytes for entry in self._entries.values())
 
     def clear(self) -> None:
         with self._lock:
@@ -252,10 +299,8 @@ def warm(
     compile = loaded.device.startswith("cuda") if compile is None else compile
     decoder = loaded.static
     if decoder is None or decoder.rows != bucket_for(rows) or decoder.compile != compile:
-        loaded.static = None  # the old pool goes before the new one is allocated
-        _free_memory()
-        decoder = loaded.static = StaticDecoder(loaded.model, rows=rows, compile=compile)
-    if ahead and compile and decoder.claim(warm):
+        decoder = loaded.make_static(rows, compile)
+    if decoder is not None and ahead and compile and decoder.claim(warm):
         try:
             decoder.warm()
         finally:
@@ -618,11 +663,10 @@ class RunningBatch:
         if not self.static:
             return
         decoder = self.loaded.static
-        if decoder is None:
+        if decoder is None and not self.loaded.static_failed:
             rows = bucket_for(min(self.max_rows, BUCKETS[-1])) if self.max_rows else DEFAULT_STATIC_ROWS
-            compile = self.loaded.device.startswith("cuda")
-            decoder = self.loaded.static = StaticDecoder(self.loaded.model, rows=rows, compile=compile)
-        if decoder.claim(self):
+            decoder = self.loaded.make_static(rows, compile=self.loaded.device.startswith("cuda"))
+        if decoder is not None and decoder.claim(self):
             self._decoder, self._slots, self._cache = decoder, [], None
 
     def _leave_decoder(self) -> None:

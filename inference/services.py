@@ -679,7 +679,7 @@ def jobs_sweep(*, now: datetime | None = None) -> dict[str, list[int]]:
     return {"requeued": requeued, "failed": failed, "resent": resent}
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)  # inside the job's completion: no savepoint round trips
 def samples_index(*, samples: list[Sample]) -> int:
     """Add the samples' text fingerprints to the near-duplicate index; returns how many were offered.
 

@@ -137,6 +137,18 @@ class StaticDecoder:
             if self._owner is owner:
                 self._owner = None
 
+    @property
+    def nbytes(self) -> int:
+        """Device memory the pool holds, counted in the model cache's budget."""
+        return self.pool_bytes(self.model, self.rows)
+
+    @staticmethod
+    def pool_bytes(model: GPT2LMHeadModel, rows: int) -> int:
+        """What a decoder of `rows` slots on `model` allocates: keys and values for every layer."""
+        config = model.config
+        itemsize = next(model.parameters()).element_size()
+        return 2 * config.n_layer * bucket_for(rows) * config.n_positions * config.n_embd * itemsize
+
     @torch.inference_mode()
     def reset(self) -> None:
         """Free every slot; the pool's contents are left as they are (the mask hides them)."""

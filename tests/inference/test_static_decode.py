@@ -271,3 +271,48 @@ def test_warm_makes_the_static_decoder_a_worker_starts_with(folder: Path) -> Non
     result = engine.generate(folder, [GenerationRequest("job", "Term", greedy(5))], device="cpu", cache=cache)
     assert result[0].new_tokens == 5
     assert loaded.static.shapes == [], "on the CPU, generate() keeps to the dynamic path"
+
+
+def test_the_static_pool_counts_in_the_model_cache_budget(folder: Path, tmp_path: Path) -> None:
+    """A GPU worker keeps several checkpoints: each one's KV pool must count, or they overfill the device."""
+    small = tmp_path / "small"
+    shape = DEMO_SHAPES["gpt2"]
+    corpus = DEMO_CORPUS_PATH.read_text(encoding="utf-8")
+    build_demo_checkpoint(small, n_layer=shape.n_layer, n_embd=shape.n_embd, n_head=shape.n_head, seed=3, corpus=corpus)
+    probe = ModelCache()
+    weights = probe.get(folder, "cpu").nbytes
+    pool = StaticDecoder.pool_bytes(probe.get(folder, "cpu").model, 4)
+    small_weights = probe.get(small, "cpu").nbytes
+    # Room for both models' weights, not for the large one's pool on top.
+    cache = ModelCache(max_bytes=weights + small_weights + pool - 1)
+    cache.get(small, "cpu")
+    loaded = cache.get(folder, "cpu")
+    assert cache.total_bytes == weights + small_weights, "both fit while neither has a pool"
+
+    schedule = {0: [GenerationRequest("a", "Liability", greedy(6))]}
+    expected = samples(drive(loaded, schedule, static=False))
+    assert samples(drive(loaded, schedule, static=True, max_rows=4)) == expected
+    assert loaded.static is not None and loaded.static.rows == 4
+    actual = sum(t.numel() * t.element_size() for t in (*loaded.static.keys, *loaded.static.values))
+    assert loaded.static.nbytes == actual, "the pool's size as counted is what it allocated"
+    assert loaded.total_bytes == weights + actual
+    assert cache.cached_keys() == [(str(folder.resolve()), "cpu")], "the idle model made room for the pool"
+    assert cache.total_bytes == weights + actual
+
+
+def test_no_room_for_the_static_pool_decodes_on_the_dynamic_cache(
+    loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    class NoRoom(StaticDecoder):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    schedule = {0: [GenerationRequest("a", "Liability", greedy(8)), GenerationRequest("b", "Notices", greedy(3))]}
+    expected = samples(drive(loaded, schedule, static=False))
+    monkeypatch.setattr(engine, "StaticDecoder", NoRoom)
+    with caplog.at_level(logging.WARNING, logger="inference.engine"):
+        assert samples(drive(loaded, schedule, static=True)) == expected, "the batch ran, dynamically"
+        assert samples(drive(loaded, schedule, static=True)) == expected, "and so does the next one"
+    assert loaded.static is None and loaded.total_bytes == loaded.nbytes
+    warnings = [r.getMessage() for r in caplog.records if "static KV pool" in r.getMessage()]
+    assert len(warnings) == 1 and "decoding on the dynamic cache" in warnings[0], "one warning, not one per batch"
