@@ -36,8 +36,8 @@ from transformers.utils import logging as transformers_logging
 from inference.static_decode import BUCKETS, StaticDecoder, bucket_for
 from inference.watermark import DELTA, GREEN_BELOW, MASK32, MULTIPLIER, WatermarkKey
 
-# Loading weights draws a progress bar on stderr, which a Celery worker logs as a warning per load.
 logger = logging.getLogger(__name__)
+# Loading weights draws a progress bar on stderr, which a Celery worker logs as a warning per load.
 transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers
 
 DEFAULT_CACHE_BYTES = 8 * 1024**3
@@ -113,7 +113,7 @@ class LoadedModel:
     # The static KV pool and decode steps (CUDA graphs on a GPU), made by `warm` or the first
     # batch that decodes statically; it goes with the model when the cache evicts it.
     static: StaticDecoder | None = None
-    # Set by the cache holding this model: evicts other models until `bytes` more fit its budget.
+    # Set by the cache holding this model: make_room(n) evicts other models until n more bytes fit.
     make_room: Callable[[int], None] | None = None
     # The device had no room for the static pool: batches decode dynamically (warm() may try again).
     static_failed: bool = False
