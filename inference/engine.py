@@ -115,7 +115,7 @@ class LoadedModel:
     static: StaticDecoder | None = None
     # Set by the cache holding this model: make_room(n) evicts other models until n more bytes fit.
     make_room: Callable[[int], None] | None = None
-    # The device had no room for the static pool: batches decode dynamically (warm() may try again).
+    # The device had no room for the static pool: this model decodes dynamically until it is loaded again.
     static_failed: bool = False
 
     @property
@@ -298,6 +298,8 @@ def warm(
     loaded = (cache if cache is not None else get_default_cache()).get(folder, pick_device(device))
     compile = loaded.device.startswith("cuda") if compile is None else compile
     decoder = loaded.static
+    if loaded.static_failed:
+        return loaded  # a worker warms on every batch: one failed pool is one warning, not one per batch
     if decoder is None or decoder.rows != bucket_for(rows) or decoder.compile != compile:
         decoder = loaded.make_static(rows, compile)
     if decoder is not None and ahead and compile and decoder.claim(warm):

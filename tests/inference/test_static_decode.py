@@ -301,8 +301,11 @@ def test_the_static_pool_counts_in_the_model_cache_budget(folder: Path, tmp_path
 
 
 def test_no_room_for_the_static_pool_decodes_on_the_dynamic_cache(
-    loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    folder: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    cache = ModelCache()
+    loaded = cache.get(folder, "cpu")
+
     class NoRoom(StaticDecoder):
         def __init__(self, *args: object, **kwargs: object) -> None:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
@@ -313,6 +316,8 @@ def test_no_room_for_the_static_pool_decodes_on_the_dynamic_cache(
     with caplog.at_level(logging.WARNING, logger="inference.engine"):
         assert samples(drive(loaded, schedule, static=True)) == expected, "the batch ran, dynamically"
         assert samples(drive(loaded, schedule, static=True)) == expected, "and so does the next one"
+        # A GPU worker warms its checkpoint before every batch: that asks for the pool again.
+        assert engine.warm(folder, "cpu", rows=4, cache=cache, compile=False) is loaded
     assert loaded.static is None and loaded.total_bytes == loaded.nbytes
     warnings = [r.getMessage() for r in caplog.records if "static KV pool" in r.getMessage()]
     assert len(warnings) == 1 and "decoding on the dynamic cache" in warnings[0], "one warning, not one per batch"
