@@ -115,6 +115,27 @@ def test_end_to_end_a_submitted_job_is_run_by_the_worker(worker, researcher_a, a
     assert audit_chain_verify().ok
 
 
+def other_backends() -> set[int]:
+    """PostgreSQL server processes serving other connections to the test database: the worker's."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return {pid for (pid,) in cursor.fetchall()}
+
+
+def test_the_worker_runs_one_job_after_another_on_one_database_connection(worker, researcher_a, active, gpt2):
+    # A new connection per task cost each job a server process with cold caches: half its fixed cost.
+    worker.start()
+    served = []
+    for _ in range(2):
+        job = services.job_submit(actor=researcher_a, checkpoint=gpt2, params=params(max_new_tokens=4))
+        wait_for(lambda job=job: GenerationJob.objects.get(pk=job.pk).status in FINISHED)
+        time.sleep(0.5)  # past the task's end, where a connection would be closed
+        served.append(other_backends())
+    assert served[0] and served[0] == served[1]
+
+
 def test_eight_compatible_jobs_run_in_fewer_batches_with_the_same_samples_as_alone(worker, researcher_a, active, gpt2):
     with transaction.atomic():  # all eight are queued before the worker sees the first
         jobs = [
