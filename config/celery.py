@@ -49,7 +49,7 @@ def _database_after_task(task: Any = None, state: str | None = None, **kwargs: A
 
 
 def connection_idle(conn: Any) -> bool:
-    """Whether a connection is outside any transaction with no statement running (PostgreSQL only)."""
+    """Whether a connection is outside any transaction, with no statement running on it."""
     if conn.in_atomic_block:
         return False
     if conn.vendor != "postgresql":
