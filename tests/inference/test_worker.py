@@ -118,8 +118,10 @@ def test_end_to_end_a_submitted_job_is_run_by_the_worker(worker, researcher_a, a
 def other_backends() -> set[int]:
     """PostgreSQL server processes serving other connections to the test database: the worker's."""
     with connection.cursor() as cursor:
+        # Client connections only: an autovacuum worker on this database may come and go meanwhile.
         cursor.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'"
         )
         return {pid for (pid,) in cursor.fetchall()}
 
