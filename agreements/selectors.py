@@ -16,7 +16,7 @@ from typing import Any
 
 import django_filters
 from django.core.exceptions import PermissionDenied
-from django.db.models import Case, F, IntegerField, Prefetch, Q, QuerySet, Sum, Value, When
+from django.db.models import Case, Exists, F, IntegerField, OuterRef, Prefetch, Q, QuerySet, Sum, Value, When
 from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
@@ -318,7 +318,8 @@ def access_check(
     now: datetime | None = None,
     check_quota: bool = True,
     known_grant: AccessGrant | None = None,
-    hold: Callable[[AccessGrant], object] | None = None,
+    known_paused: bool | None = None,
+    hold: Callable[[AccessGrant], GrantUsage] | None = None,
 ) -> AccessDecision:
     """May `organization` use `checkpoint` now for up to `tokens` more tokens?
 
@@ -329,8 +330,10 @@ def access_check(
     `known_grant`, with `check_quota=False`: a grant the caller has just read with its agreement (the
     worker: the job's grant, read as it claimed the job). If it is still live, some live grant exists
     and the organisation's grants need not be read again; if not, they are, to name what is missing.
-    `hold` is called with the chosen grant just before the quota is read: usage_reserve locks the
-    grant's ledger row there, so submissions at once are checked one after the other.
+    `known_paused`: whether the organisation has an overdue report obligation, as the caller read it
+    with the grant (overdue_obligation_exists); None reads it here.
+    `hold` is called with the chosen grant just before the quota is read and returns its ledger row for
+    today, locked: usage_reserve locks it there, so submissions at once are checked one after the other.
     """
     now = now or timezone.now()
     slug = checkpoint.slug
@@ -348,10 +351,13 @@ def access_check(
         and known_grant.agreement.status == Agreement.Status.ACTIVE
     ):
         grant = known_grant  # without a quota to check, any live grant answers as well as the most generous
+        sole_grant = False
     else:
+        # Whether access is paused comes with the grants, in the same statement.
         grants = list(
             AccessGrant.objects.filter(organization=organization, checkpoint=checkpoint)
             .select_related("agreement")
+            .annotate(paused=overdue_obligation_exists(organization=OuterRef("organization_id"), now=now))
             .order_by("-created_at", "-pk")
         )
         live = [g for g in grants if g.is_live(now) and g.agreement.status == Agreement.Status.ACTIVE]
@@ -359,7 +365,9 @@ def access_check(
             return _explain_no_grant(organization=organization, checkpoint=checkpoint, grants=grants, now=now)
         # Several live grants (an amendment that adds to, not replaces, an agreement): the most generous.
         grant = max(live, key=lambda g: (g.daily_token_quota, g.ends_at))
-    overdue = overdue_obligation(organization=organization, now=now)
+        known_paused = grant.paused
+        sole_grant = len(grants) == 1
+    overdue = overdue_obligation(organization=organization, now=now) if known_paused is not False else None
     if overdue is not None:
         # Paused, not ended: the grant and its term stand, and access resumes once the report arrives.
         return _refuse(
@@ -372,9 +380,11 @@ def access_check(
         # The worker re-checks a job whose tokens were reserved at submission: only the grant matters.
         return AccessDecision(allowed=True, grant=grant, code="ok", message=f"{slug} may be used", quota_left=None)
 
-    if hold is not None:
-        hold(grant)
-    used = tokens_charged_today(organization=organization, checkpoint=checkpoint, now=now)
+    held = hold(grant) if hold is not None else None
+    if held is not None and sole_grant:
+        used = held.tokens_charged  # the organisation's only grant of this checkpoint: its row is the whole day
+    else:
+        used = tokens_charged_today(organization=organization, checkpoint=checkpoint, now=now)
     quota = grant.daily_token_quota
     left = max(quota - used, 0)
     if left == 0:
@@ -629,20 +639,28 @@ OBLIGATION_MANAGERS = (Role.LAB_ADMIN, Role.LEGAL)
 DUE_SOON_DAYS = Obligation.DUE_SOON_DAYS
 
 
+def _pausing_overdue(now: datetime | None) -> Q:
+    return Q(kind__in=Obligation.PAUSING_KINDS, fulfilled_at=None, waived_at=None, due_at__lte=now or timezone.now())
+
+
 def overdue_obligation(*, organization: Organization, now: datetime | None = None) -> Obligation | None:
     """The longest-overdue open report obligation that pauses the organisation's access, if any."""
     return (
-        Obligation.objects.filter(
-            organization=organization,
-            kind__in=Obligation.PAUSING_KINDS,
-            fulfilled_at=None,
-            waived_at=None,
-            due_at__lte=now or timezone.now(),
-        )
+        Obligation.objects.filter(_pausing_overdue(now), organization=organization)
         .select_related("agreement")
         .order_by("due_at", "pk")
         .first()
     )
+
+
+def overdue_obligation_exists(*, organization: Any, now: datetime | None = None) -> Exists:
+    """Whether overdue_obligation would find one, as an expression a query reading grants or jobs annotates.
+
+    `organization` is usually an OuterRef to the row's organisation: the choke point then learns that
+    access is not paused in the same statement that reads the grant, and reads the obligation itself
+    only to name it.
+    """
+    return Exists(Obligation.objects.filter(_pausing_overdue(now), organization=organization))
 
 
 # In the order pages group them: what needs doing first.
@@ -726,9 +744,7 @@ def obligations_fulfillable(*, organization: Organization) -> QuerySet[Obligatio
 def organizations_in_good_standing(*, now: datetime | None = None) -> QuerySet[Organization]:
     """Partners with an active agreement and no overdue report obligation: who a release may go to."""
     now = now or timezone.now()
-    overdue = Obligation.objects.filter(
-        kind__in=Obligation.PAUSING_KINDS, fulfilled_at=None, waived_at=None, due_at__lte=now
-    ).values("organization_id")
+    overdue = Obligation.objects.filter(_pausing_overdue(now)).values("organization_id")
     return (
         Organization.objects.filter(
             kind=Organization.Kind.PARTNER, active=True, agreements__status=Agreement.Status.ACTIVE

@@ -922,13 +922,12 @@ def usage_reserve(
     now = now or timezone.now()
     day = now.astimezone(UTC).date()
     held: list[GrantUsage] = []
-    decision = access_check(
-        organization=organization,
-        checkpoint=checkpoint,
-        tokens=tokens,
-        now=now,
-        hold=lambda grant: held.append(_usage_row(grant, day)),
-    )
+
+    def hold(grant: AccessGrant) -> GrantUsage:
+        held.append(_usage_row(grant, day))
+        return held[0]
+
+    decision = access_check(organization=organization, checkpoint=checkpoint, tokens=tokens, now=now, hold=hold)
     if decision.allowed:
         assert decision.grant is not None and held and held[0].grant_id == decision.grant.pk
         usage = held[0]

@@ -12,7 +12,7 @@ from typing import Any, TypedDict
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
-from django.db.models import Case, F, IntegerField, Q, Subquery, Value, When
+from django.db.models import Case, F, IntegerField, OuterRef, Q, Subquery, Value, When
 from django.urls import reverse
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -21,7 +21,13 @@ from redis.exceptions import RedisError
 from accounts.models import PARTNER_ROLES, NotificationKind, User
 from accounts.permissions import require_role
 from accounts.services import notifications_send
-from agreements.selectors import AccessDecision, AccessRefused, access_check, checkpoint_holders
+from agreements.selectors import (
+    AccessDecision,
+    AccessRefused,
+    access_check,
+    checkpoint_holders,
+    overdue_obligation_exists,
+)
 from agreements.services import access_refusal_log, grants_revoke_for_checkpoint, usage_reserve, usage_settle
 from audit import events
 from audit.services import audit_append
@@ -426,7 +432,13 @@ def jobs_claim(
     queued = Q(status=GenerationJob.Status.QUEUED)
     # Locked (this table's rows only) until the transaction ends; rows another worker is claiming
     # right now are skipped, not waited for.
-    locked = GenerationJob.objects.select_for_update(skip_locked=True, of=("self",)).select_related(*_CLAIM_RELATED)
+    # Whether the organisation's access is paused is read with the jobs: the re-check needs no statement
+    # of its own unless it is (then it reads the obligation to name it).
+    locked = (
+        GenerationJob.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related(*_CLAIM_RELATED)
+        .annotate(paused=overdue_obligation_exists(organization=OuterRef("organization_id"), now=now))
+    )
     with transaction.atomic():
         if job_id is not None:
             lead = (
@@ -482,7 +494,12 @@ def jobs_claim(
             decision = decisions.get(job.grant_id)
             if decision is None:
                 decision = access_check(
-                    organization=job.organization, checkpoint=job.checkpoint, check_quota=False, known_grant=job.grant
+                    organization=job.organization,
+                    checkpoint=job.checkpoint,
+                    now=now,
+                    check_quota=False,
+                    known_grant=job.grant,
+                    known_paused=job.paused,
                 )
                 decisions[job.grant_id] = decision
             if decision.allowed:

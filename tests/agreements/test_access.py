@@ -231,3 +231,29 @@ def test_the_workers_recheck_with_the_jobs_grant_still_names_what_is_missing(
     grant.refresh_from_db()
     decision = check(partner_a, checkpoints["gpt2"], check_quota=False, known_grant=grant)
     assert decision.code == "revoked" and not decision.allowed
+
+
+def test_a_submission_counts_today_on_every_grant_of_the_checkpoint(
+    partner_a, researcher_a, checkpoints, make_agreement
+):
+    # An amendment adds a second live grant of gpt2; tokens used under the first count against both.
+    first = make_agreement(partner_a, ["gpt2"], quota=1_000)
+    second = make_agreement(partner_a, ["gpt2"], quota=1_200, amends=first)
+    make_job(first.grants.get(), researcher_a, status=GenerationJob.Status.SUCCEEDED, tokens_generated=1_000)
+    refused = access.usage_reserve(organization=partner_a, checkpoint=checkpoints["gpt2"], tokens=300)
+    assert (refused.code, refused.quota_left, refused.grant) == ("quota_exceeded", 200, second.grants.get())
+    allowed = access.usage_reserve(organization=partner_a, checkpoint=checkpoints["gpt2"], tokens=200)
+    assert allowed.allowed and allowed.quota_left == 200
+    assert tokens_charged_today(organization=partner_a, checkpoint=checkpoints["gpt2"]) == 1_200
+
+
+def test_a_submission_reads_its_grants_quota_from_the_row_it_locks(
+    partner_a, researcher_a, checkpoints, make_agreement, django_assert_num_queries
+):
+    grant = make_agreement(partner_a, ["gpt2"], quota=1_000).grants.get()
+    make_job(grant, researcher_a, status=GenerationJob.Status.RUNNING, max_new_tokens=300, num_samples=2)
+    # The grant with whether access is paused, the locked ledger row, and the reservation written to it.
+    with django_assert_num_queries(3):
+        decision = access.usage_reserve(organization=partner_a, checkpoint=checkpoints["gpt2"], tokens=400)
+    assert decision.allowed and decision.quota_left == 400
+    assert access.usage_reserve(organization=partner_a, checkpoint=checkpoints["gpt2"], tokens=1).quota_left == 0

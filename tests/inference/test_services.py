@@ -358,6 +358,18 @@ def test_a_job_refused_at_the_claim_fails_and_is_not_returned(legal, researcher_
     assert AuditEvent.objects.filter(action="access.refused", organization=job.organization).exists()
 
 
+def test_the_claims_recheck_learns_access_is_not_paused_from_the_claim_itself(researcher_a, active, gpt2):
+    jobs = [submit(researcher_a, gpt2, prompt=f"Prompt {n}") for n in range(2)]
+    with CaptureQueriesContext(connection) as claiming:
+        claimed = services.jobs_claim(worker="w1", device="cpu", rows=8, job_id=jobs[0].pk)
+    assert [j.pk for j in claimed] == [j.pk for j in jobs]
+    reads = [q["sql"] for q in claiming.captured_queries if q["sql"].startswith("SELECT")]
+    reads = [sql for sql in reads if "pg_advisory_xact_lock" not in sql]  # the audit chain's head, per event
+    # One read: the jobs, locked, with their grants and whether an overdue report pauses their organisation.
+    # Nothing more is read for the re-check of a grant that still holds.
+    assert len(reads) == 1 and "agreements_obligation" in reads[0] and "FOR UPDATE" in reads[0]
+
+
 def test_job_progress_is_one_statement_and_returns_the_cancelled_jobs(researcher_a, active, gpt2):
     first, second = submit(researcher_a, gpt2, prompt="One"), submit(researcher_a, gpt2, prompt="Two")
     services.jobs_claim(worker="w1", device="cpu", rows=8, job_id=first.pk)
