@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -424,7 +424,7 @@ def _reason(text: str) -> str:
 
 
 def _explain_no_grant(
-    *, organization: Organization, checkpoint: Checkpoint, grants: list[AccessGrant], now: datetime
+    *, organization: Organization, checkpoint: Checkpoint, grants: Sequence[AccessGrant], now: datetime
 ) -> AccessDecision:
     """Name what is missing, from the organisation's most recent grant of this checkpoint."""
     slug = checkpoint.slug

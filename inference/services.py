@@ -456,13 +456,14 @@ def jobs_claim(
         found = list(candidates[: settings.INFERENCE_BATCH_MAX_JOBS])
         if job_id is not None and (not found or found[0].pk != job_id):
             return []
+        paused = {candidate.pk: candidate.paused for candidate in found}
         jobs: list[GenerationJob] = []
         used = 0
-        for job in found:
-            if used + job.num_samples > rows and job.pk != job_id:
+        for candidate in found:
+            if used + candidate.num_samples > rows and candidate.pk != job_id:
                 break
-            used += job.num_samples
-            jobs.append(job)
+            used += candidate.num_samples
+            jobs.append(candidate)
         if not jobs:
             return []
         # The rows are locked and claimable: the UPDATE changes exactly these.
@@ -499,7 +500,7 @@ def jobs_claim(
                     now=now,
                     check_quota=False,
                     known_grant=job.grant,
-                    known_paused=job.paused,
+                    known_paused=paused[job.pk],
                 )
                 decisions[job.grant_id] = decision
             if decision.allowed:
