@@ -639,28 +639,29 @@ OBLIGATION_MANAGERS = (Role.LAB_ADMIN, Role.LEGAL)
 DUE_SOON_DAYS = Obligation.DUE_SOON_DAYS
 
 
-def _pausing_overdue(now: datetime | None) -> Q:
+def pausing_overdue_q(now: datetime | None = None) -> Q:
+    """Report obligations overdue at `now` that pause their organisation's access: the rule, in one place."""
     return Q(kind__in=Obligation.PAUSING_KINDS, fulfilled_at=None, waived_at=None, due_at__lte=now or timezone.now())
 
 
 def overdue_obligation(*, organization: Organization, now: datetime | None = None) -> Obligation | None:
     """The longest-overdue open report obligation that pauses the organisation's access, if any."""
     return (
-        Obligation.objects.filter(_pausing_overdue(now), organization=organization)
+        Obligation.objects.filter(pausing_overdue_q(now), organization=organization)
         .select_related("agreement")
         .order_by("due_at", "pk")
         .first()
     )
 
 
-def overdue_obligation_exists(*, organization: Any, now: datetime | None = None) -> Exists:
+def overdue_obligation_exists(*, organization: Organization | OuterRef, now: datetime | None = None) -> Exists:
     """Whether overdue_obligation would find one, as an expression a query reading grants or jobs annotates.
 
     `organization` is usually an OuterRef to the row's organisation: the choke point then learns that
     access is not paused in the same statement that reads the grant, and reads the obligation itself
     only to name it.
     """
-    return Exists(Obligation.objects.filter(_pausing_overdue(now), organization=organization))
+    return Exists(Obligation.objects.filter(pausing_overdue_q(now), organization=organization))
 
 
 # In the order pages group them: what needs doing first.
@@ -744,7 +745,7 @@ def obligations_fulfillable(*, organization: Organization) -> QuerySet[Obligatio
 def organizations_in_good_standing(*, now: datetime | None = None) -> QuerySet[Organization]:
     """Partners with an active agreement and no overdue report obligation: who a release may go to."""
     now = now or timezone.now()
-    overdue = Obligation.objects.filter(_pausing_overdue(now)).values("organization_id")
+    overdue = Obligation.objects.filter(pausing_overdue_q(now)).values("organization_id")
     return (
         Organization.objects.filter(
             kind=Organization.Kind.PARTNER, active=True, agreements__status=Agreement.Status.ACTIVE

@@ -22,7 +22,7 @@ from django.utils import timezone
 from accounts.models import LAB_ROLES, Organization, Role, User
 from accounts.permissions import role_of
 from agreements.models import AccessGrant, Agreement, GrantUsage, Obligation
-from agreements.selectors import organizations_in_good_standing
+from agreements.selectors import organizations_in_good_standing, pausing_overdue_q
 from audit import events
 from audit.models import AuditEvent
 from core.time import day_end, day_start
@@ -268,13 +268,9 @@ def stage_review(*, user: User, checkpoint: Checkpoint, now: datetime | None = N
         )
     )
     first_overdue: dict[int, Obligation] = {}
-    for obligation in Obligation.objects.filter(
-        organization_id__in=ids,
-        kind__in=Obligation.PAUSING_KINDS,
-        fulfilled_at=None,
-        waived_at=None,
-        due_at__lte=now,
-    ).order_by("due_at", "pk"):
+    for obligation in Obligation.objects.filter(pausing_overdue_q(now), organization_id__in=ids).order_by(
+        "due_at", "pk"
+    ):
         first_overdue.setdefault(obligation.organization_id, obligation)
 
     obligations = _obligation_counts(ids, now)
