@@ -9,8 +9,9 @@ runs N sequential 64-token jobs, each observed as a client does: waiting on the 
 queued job is paired with an in-process engine.generate() of the same input, in the same run,
 interleaved so that load from other processes hits both alike. Prints one JSON object: p50/p95 both
 ways, their ratio (target <= 1.2), the paired overhead's distribution (no 0.5 s or 2 s steps), a
-per-phase breakdown from the job rows' timestamps, and an in-process attribution (time and SQL queries
-per service call).
+per-phase breakdown from the job rows' timestamps, an in-process attribution (time and SQL queries
+per service call), and the SQL floor: one job's statements replayed raw through psycopg, which is what
+they cost PostgreSQL and the wire however the Python around them is written.
 
     .venv/bin/python bench/queue.py [--jobs 30] [--checkpoint gpt2-medium] [--threads N]
 
@@ -35,7 +36,14 @@ import os  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime  # noqa: E402
 
-from bench._common import emit, machine_info, quiet_transformers, stdout_to_stderr, summary  # noqa: E402
+from bench._common import (  # noqa: E402
+    emit,
+    machine_info,
+    percentile,
+    quiet_transformers,
+    stdout_to_stderr,
+    summary,
+)
 from bench._stack import Stack  # noqa: E402
 
 TARGET_RATIO = 1.2
@@ -108,6 +116,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=110, help="stop measuring after this long (min 10 jobs)")
     parser.add_argument("--pairs", type=int, default=6, help="back-to-back pairs for the idle-gap check")
     parser.add_argument("--attribution-jobs", type=int, default=8, help="in-process jobs timed per service call")
+    parser.add_argument("--floor-reps", type=int, default=40, help="replays of one job's SQL for the floor")
     parser.add_argument(
         "--pool", choices=["prefork", "solo", "threads"], default="prefork", help="worker pool (production: prefork)"
     )
@@ -278,6 +287,15 @@ def main() -> None:
             services.enqueue_job = services_enqueue
             attribution = timer.report(attributed)
 
+            phase = "sql_floor"
+            services.enqueue_job = _no_enqueue(services_enqueue)
+            try:
+                sql_floor = _sql_floor(lambda: tasks.run_job.run(
+                    services.job_submit(actor=researcher, checkpoint=checkpoint, params=params).pk
+                ), reps=args.floor_reps)  # fmt: skip
+            finally:
+                services.enqueue_job = services_enqueue
+
         e2e = [r["e2e_s"] for r in rows]
         overhead = [r["e2e_s"] - b for r, b in zip(rows, baseline, strict=True)]
         e2e_p50, e2e_p95 = summary(e2e)["p50"], summary(e2e)["p95"]
@@ -332,6 +350,7 @@ def main() -> None:
                 },
                 "broker_publish_s": summary(publish_times) if publish_times else None,
                 "attribution_in_process": {"jobs": attributed, "per_call": attribution},
+                "sql_floor": sql_floor,
                 "setup_s": {
                     "migrate": stack.timings["migrate_s"],
                     "seed_demo": stack.timings["seed_demo_s"],
@@ -354,6 +373,78 @@ def main() -> None:
     out["machine"] = machine
     out["elapsed_s"] = round(time.perf_counter() - started, 1)
     emit(out)
+
+
+class _Rollback(Exception):
+    pass
+
+
+# Statements that only exist because the capture runs inside one outer transaction.
+_NESTING = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
+
+
+def _sql_floor(run_one_job, *, reps: int) -> dict:
+    """What one job's SQL costs PostgreSQL alone: its statements replayed as sent, without Django.
+
+    One job (submit, claim, generation, completion) runs inside a transaction that is rolled back,
+    and every statement it sends is captured with its parameters. The captured list is then replayed
+    `reps` times through a bare psycopg cursor, each time in a transaction rolled back at the end, with
+    the identity sequences the job's later statements refer to (its own id, its samples' ids) set back
+    so that every UPDATE and INSERT finds the rows it found the first time. What is left is the time
+    the statements take on the wire and in the server: the least a job costs however its Python is
+    written, as long as it sends these statements. The three commits are not in it.
+    """
+    from django.db import connection, transaction
+    from psycopg import ClientCursor
+
+    captured: list[tuple[str, object]] = []
+
+    def capture(execute, sql, params, many, context):
+        if not many and not sql.lstrip().upper().startswith(_NESTING):
+            captured.append((sql, params))
+        return execute(sql, params, many, context)
+
+    try:
+        with transaction.atomic():
+            with connection.execute_wrapper(capture):
+                run_one_job()
+            # Read inside the transaction: the ids the job took, which its later statements name.
+            from inference.models import GenerationJob, Sample
+
+            job = GenerationJob.objects.order_by("-pk").values_list("pk", flat=True)[0]
+            samples = list(Sample.objects.filter(job_id=job).order_by("pk").values_list("pk", flat=True))
+            raise _Rollback
+    except _Rollback:
+        pass
+    starts = [("inference_generationjob", job)] + ([("inference_sample", samples[0])] if samples else [])
+    raw = connection.connection
+    totals: list[float] = []
+    per_statement: list[list[float]] = [[] for _ in captured]
+    for _ in range(reps):
+        with raw.transaction(force_rollback=True):
+            cursor = ClientCursor(raw)
+            for table, first_id in starts:
+                cursor.execute(
+                    "SELECT setval(pg_get_serial_sequence(%s, 'id'), %s, false)", [table, first_id]
+                )  # fmt: skip
+            started = time.perf_counter()
+            for n, (sql, params) in enumerate(captured):
+                t = time.perf_counter()
+                cursor.execute(sql, params)
+                while cursor.nextset():  # the audit append's lock and head read go as one string
+                    pass
+                per_statement[n].append(time.perf_counter() - t)
+            totals.append(time.perf_counter() - started)
+    slowest = sorted(
+        ((percentile(times, 50) * 1000, sql) for times, (sql, _) in zip(per_statement, captured, strict=True)),
+        reverse=True,
+    )
+    return {
+        "statements": len(captured),
+        "replay_ms": summary([t * 1000 for t in totals], digits=2),
+        "slowest_p50_ms": [{"ms": round(ms, 2), "sql": " ".join(sql.split())[:90]} for ms, sql in slowest[:5]],
+        "note": "one job's statements (submit, claim, completion) replayed raw in PostgreSQL, without its 3 commits",
+    }
 
 
 def _no_enqueue(original):
