@@ -22,7 +22,10 @@ and whether the greedy tokens are identical across the four, with every mismatch
 times the engine's decode step at 1..8 rows and works out the best mixed/even any first-come
 continuous batcher could reach with those step costs and free joins (`fifo_bound`): on a CPU a step
 of few rows is not proportionally cheaper, so the mixed workload's tail costs throughput whoever
-schedules it.
+schedules it. It then times the engine's prefill of each group of prompts such a batcher takes in
+together (all 8 at the start; 8 at once halfway through the even workload, one at a time in the
+mixed one) and adds those to the bound (`with_prefills`): the prompts must be read whoever
+schedules them, and one prompt at a time reads them less efficiently than eight.
 
     .venv/bin/python bench/continuous.py [--threads 1] [--budget-s 240]
 
@@ -214,17 +217,47 @@ def _step_costs(engine, loaded, prompts: list[str], *, rounds: int = 4, steps: i
     return {rows: statistics.median(values) for rows, values in times.items()}
 
 
-def _fifo_seconds(limits: list[int], costs: dict[int, float]) -> float:
+def _fifo_seconds(
+    limits: list[int], costs: dict[int, float], prefills: dict[tuple[int, ...], float] | None = None
+) -> float:
     """Decode time of jobs asking for `limits` tokens through an ideal first-come continuous batcher
-    of BATCH rows: a job joins at the step a row frees up, joins and leaves cost nothing, and each
-    step costs what the engine's step of that many rows measured."""
-    waiting, rows, seconds = list(limits), [], 0.0
-    while waiting or rows:
-        while waiting and len(rows) < BATCH:
-            rows.append(waiting.pop(0))
-        seconds += costs[len(rows)]
-        rows = [left - 1 for left in rows if left > 1]
+    of BATCH rows: a job joins at the step a row frees up, leaves cost nothing, each step costs what
+    the engine's step of that many rows measured, and each group of jobs joining at one step costs
+    its entry in `prefills` (nothing without it)."""
+    seconds = 0.0
+    for joining, rows in _fifo_schedule(limits):
+        if joining and prefills is not None:
+            seconds += prefills[joining]
+        seconds += costs[rows]
     return seconds
+
+
+def _fifo_schedule(limits: list[int]) -> list[tuple[tuple[int, ...], int]]:
+    """Per step of a first-come batcher of BATCH rows: the jobs (indices) that join before it, and its rows."""
+    waiting, rows, schedule = list(enumerate(limits)), [], []
+    while waiting or rows:
+        joining = []
+        while waiting and len(rows) < BATCH:
+            n, limit = waiting.pop(0)
+            joining.append(n)
+            rows.append(limit)
+        schedule.append((tuple(joining), len(rows)))
+        rows = [left - 1 for left in rows if left > 1]
+    return schedule
+
+
+def _prefill_costs(engine, loaded, prompts: list[str], groups: set[tuple[int, ...]], rounds: int = 3) -> dict:
+    """Median seconds of the engine's prefill (RunningBatch.add) of each group of prompts, in turns."""
+    params = engine.SamplingParams(max_new_tokens=2, temperature=0)
+    times: dict[tuple[int, ...], list[float]] = {group: [] for group in groups}
+    for _ in range(rounds):
+        for group in groups:
+            batch = engine.RunningBatch(loaded)
+            requests = [engine.GenerationRequest(n, prompts[n], params) for n in group]
+            t = time.perf_counter()
+            batch.add(requests)
+            times[group].append(time.perf_counter() - t)
+    return {group: statistics.median(values) for group, values in times.items()}
 
 
 def _first_difference(a: list[int], b: list[int]) -> int:
@@ -293,6 +326,8 @@ def main() -> None:
             }
             errors: dict[str, str] = {}
             step_costs = _step_costs(engine, loaded, prompts)
+            groups = {g for limits in workloads.values() for g, _ in _fifo_schedule(limits) if g}
+            prefill_costs = _prefill_costs(engine, loaded, prompts, groups)
             # Warm-up: first-call allocations of every path, on a few short jobs.
             for name, run in runners.items():
                 try:
@@ -373,16 +408,34 @@ def main() -> None:
     # the tail of the mixed workload runs few rows, and a step of few rows is not proportionally cheaper.
     ideal = {workload: sum(limits) / _fifo_seconds(limits, step_costs) for workload, limits in workloads.items()}
     bound = round(ideal["mixed"] / ideal["even"], 3)
+    # The same schedule paying the engine's own prefill for each group that joins at one step.
+    paid = {
+        workload: sum(limits) / _fifo_seconds(limits, step_costs, prefill_costs)
+        for workload, limits in workloads.items()
+    }
+    bound_paid = round(paid["mixed"] / paid["even"], 3)
+    engine_ratio = engine_entry.get("mixed_over_even")
     fifo_bound = {
         "step_ms_by_rows": {rows: round(cost * 1000, 1) for rows, cost in step_costs.items()},
         "mixed_over_even": bound,
-        "engine_share_of_bound": round(engine_entry["mixed_over_even"] / bound, 3)
-        if "mixed_over_even" in engine_entry
-        else None,
+        "engine_share_of_bound": round(engine_ratio / bound, 3) if engine_ratio else None,
         "note": (
             "best mixed/even for any first-come continuous batcher of this many rows whose step costs what "
             "the engine's measured step of that many rows costs, with joins (prefills) and leaves free"
         ),
+        "with_prefills": {
+            "mixed_over_even": bound_paid,
+            "engine_share": round(engine_ratio / bound_paid, 3) if engine_ratio else None,
+            "prefill_s": {
+                workload: round(sum(prefill_costs[g] for g, _ in _fifo_schedule(limits) if g), 3)
+                for workload, limits in workloads.items()
+            },
+            "prefill_ms_by_group_size": {
+                size: round(statistics.median(c for g, c in prefill_costs.items() if len(g) == size) * 1000, 1)
+                for size in sorted({len(g) for g in prefill_costs})
+            },
+            "note": "the same schedule, each group of jobs joining at one step paying the engine's measured prefill",
+        },
     }
     out = {
         "benchmark": "continuous",
