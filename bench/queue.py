@@ -13,7 +13,7 @@ per-phase breakdown from the job rows' timestamps, an in-process attribution (ti
 per service call), and the SQL floor: one job's statements replayed raw through psycopg, which is what
 they cost PostgreSQL and the wire however the Python around them is written.
 
-    .venv/bin/python bench/queue.py [--jobs 30] [--checkpoint gpt2-medium] [--threads N]
+    .venv/bin/python bench/queue.py [--jobs 30] [--checkpoint gpt2-medium] [--threads 1]
 
 Environment (defaults in brackets): BENCH_PG_URL [postgres://postgres:postgres@127.0.0.1:5432],
 BENCH_DB_NAME [mp_bench_queue], BENCH_BROKER_URL [redis://127.0.0.1:6379/9; flushed first].
@@ -112,7 +112,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=30, help="measured jobs (after one warm-up job)")
     parser.add_argument("--checkpoint", default="gpt2-medium", help="demo checkpoint slug Partner A may use")
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads, here and in the worker")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads, here and in the worker (its INFERENCE_TORCH_THREADS)"
+    )
     parser.add_argument("--budget-s", type=float, default=110, help="stop measuring after this long (min 10 jobs)")
     parser.add_argument("--pairs", type=int, default=6, help="back-to-back pairs for the idle-gap check")
     parser.add_argument("--attribution-jobs", type=int, default=8, help="in-process jobs timed per service call")
@@ -125,8 +127,9 @@ def main() -> None:
     started = time.perf_counter()
 
     stack = Stack(db_name=os.environ.get("BENCH_DB_NAME", "mp_bench_queue"), prefix="mp-bench-queue-")
-    if args.threads:
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    # The worker pins torch to INFERENCE_TORCH_THREADS when it starts; generate() alone runs here with
+    # as many, or the ratio would compare different thread counts.
+    os.environ["OMP_NUM_THREADS"] = os.environ["INFERENCE_TORCH_THREADS"] = str(args.threads)
     worker_log = stack.tmp / "worker.log"
     out: dict = {"benchmark": "queue", "worker_pool": args.pool}
     phase = "setup"
@@ -135,8 +138,7 @@ def main() -> None:
             quiet_transformers()
             import torch
 
-            if args.threads:
-                torch.set_num_threads(args.threads)
+            torch.set_num_threads(args.threads)
             stack.setup()
             from django.db import connection
 
@@ -369,7 +371,7 @@ def main() -> None:
     finally:
         stack.teardown(keep=args.keep)
     machine = machine_info("cpu")
-    machine["worker_torch_threads"] = args.threads or "torch default"
+    machine["worker_torch_threads"] = args.threads
     out["machine"] = machine
     out["elapsed_s"] = round(time.perf_counter() - started, 1)
     emit(out)
