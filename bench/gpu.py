@@ -1,7 +1,8 @@
 """GPU benchmark: decode tokens/s of random GPT-2 at the four real shapes against the bandwidth bound.
 
 For a GPU host; needs only torch and transformers (the shapes come from models_registry.weights,
-which imports no Django). Without CUDA it prints {"skipped": "no CUDA device"} and exits 0.
+which imports no Django). Without CUDA it prints {"skipped": "no CUDA device", "pass": null} (nothing
+was measured, so nothing passed) and exits 0.
 
 For each shape (gpt2 .. gpt2-xl, fp16, random weights, vocabulary 50257) and batch (1, 8, 32):
 prefill a 16-token prompt, then time a fixed number of greedy decode steps, two ways:
@@ -191,7 +192,7 @@ def main() -> None:
 
         no_cuda = not args.smoke and not torch.cuda.is_available()
     if no_cuda:
-        emit({"benchmark": "gpu", "skipped": "no CUDA device", "pass": True, "machine": machine_info("cpu")})
+        emit({"benchmark": "gpu", "skipped": "no CUDA device", "pass": None, "machine": machine_info("cpu")})
         return
 
     with stdout_to_stderr():
