@@ -235,6 +235,7 @@ def main() -> None:
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "DEBUG": "false",
         "SECRET_KEY": secrets.token_urlsafe(48),
+        "WATERMARK_KEY": secrets.token_urlsafe(48),  # required with DEBUG off, as in production
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "SECURE_SSL_REDIRECT": "false",
         "HF_HUB_OFFLINE": "1",
