@@ -1,13 +1,14 @@
-"""Continuous batching benchmark: even against mixed job lengths, four ways of decoding them.
+"""Continuous batching benchmark: even against mixed job lengths, five ways of decoding them.
 
 Django-free. Builds a random GPT-2 with the 124M body (12 layers x 768, 12 heads, 1024 positions;
 demo vocabulary from a locally trained tokenizer) in a temporary folder, then runs 16 greedy jobs
 two ways: (a) every job asks for 64 new tokens, (b) the jobs ask for 8..128 new tokens (a fixed
-list). Each workload goes through four implementations:
+list). Each workload goes through five implementations:
 
-- `engine`: inference.engine's continuous batching (`generate(..., max_rows=8)`, as the worker's
-  running batch decodes): all 16 queued at once, at most 8 rows decoding, a waiting job joining
-  at the step a row ends;
+- `engine`: inference.engine's continuous batching (`generate(..., max_rows=8, longest_first=True)`,
+  as the worker's running batch decodes and takes queued jobs): all 16 queued at once, at most 8
+  rows decoding, the longest waiting job joining at the step a row ends;
+- `engine_arrival`: the same, waiting jobs joining in arrival order (first come, first served);
 - `engine_static`: inference.engine.generate in batches of 8, each run until its longest job ends
   (the worker before continuous batching);
 - `hf_generate`: transformers `model.generate()` in batches of 8, left padded, each batch run to
@@ -18,16 +19,17 @@ list). Each workload goes through four implementations:
 
 It prints one JSON object: useful tokens/s (the tokens each job asked for and got, never padding
 or a truncated row's extra steps) per implementation and workload, mixed/even per implementation,
-and whether the greedy tokens are identical across the four, with every mismatch listed. It also
-times the engine's decode step at 1..8 rows and works out the best mixed/even any first-come
-continuous batcher could reach with those step costs and free joins (`fifo_bound`): on a CPU a step
-of few rows is not proportionally cheaper, so the mixed workload's tail costs throughput whoever
-schedules it. It then times the engine's prefill of each group of prompts such a batcher takes in
-together (all 8 at the start; 8 at once halfway through the even workload, one at a time in the
-mixed one) and adds those to the bound (`with_prefills`): the prompts must be read whoever
-schedules them, and one prompt at a time reads them less efficiently than eight.
+and whether the greedy tokens are identical across the five, with every mismatch listed. It also
+times the engine's decode step at 1..8 rows and works out the best mixed/even a continuous batcher
+could reach with those step costs and free joins, taking jobs first come (`fifo_bound`) or longest
+first (`longest_first_bound`): on a CPU a step of few rows is not proportionally cheaper, so a
+first-come batcher pays for the mixed workload's tail of few rows, and one that starts the long
+jobs first does not. It then times the engine's prefill of each group of prompts such a batcher
+takes in together (all 8 at the start, then as rows free up) and adds those to each bound
+(`with_prefills`): the prompts must be read whoever schedules them, and one prompt at a time reads
+them less efficiently than eight.
 
-    .venv/bin/python bench/continuous.py [--threads 1] [--budget-s 240]
+    .venv/bin/python bench/continuous.py [--threads 1] [--budget-s 300]
 
 Target for the engine: mixed/even throughput at least 0.85, identical greedy outputs.
 """
@@ -55,7 +57,7 @@ EVEN_TOKENS = 64
 # 8, 16, ... 128 in a fixed shuffled order, so each batch of 8 holds short and long jobs alike
 # (sorted, one batch would get all the short jobs and static batching would look better than it is).
 MIXED_TOKENS = [128, 8, 96, 40, 64, 16, 120, 32, 72, 24, 112, 56, 88, 48, 104, 80]
-IMPLEMENTATIONS = ("engine", "engine_static", "hf_generate", "hf_continuous")
+IMPLEMENTATIONS = ("engine", "engine_arrival", "engine_static", "hf_generate", "hf_continuous")
 # Continuous batching's paged KV cache: 64-token pages, enough for every job at once (a job needs
 # at most 3 pages: prompt under 20 tokens plus 128 new ones), sized here because on a CPU transformers
 # cannot infer it from free GPU memory.
@@ -93,13 +95,15 @@ def _forbid_eos(folder: Path, eos: int) -> None:
     path.chmod(0o644)
 
 
-def _run_engine(engine, folder, prompts, limits, cache, *, continuous: bool) -> list[list[int]]:
+def _run_engine(engine, folder, prompts, limits, cache, *, continuous: bool, longest_first: bool = False) -> list:
     requests = [
         engine.GenerationRequest(n, prompt, engine.SamplingParams(max_new_tokens=limits[n], temperature=0))
         for n, prompt in enumerate(prompts)
     ]
     if continuous:  # all queued at once, at most BATCH rows decoding, a waiting job joining as a row ends
-        results = engine.generate(folder, requests, device="cpu", cache=cache, max_rows=BATCH)
+        results = engine.generate(
+            folder, requests, device="cpu", cache=cache, max_rows=BATCH, longest_first=longest_first
+        )
     else:  # batches of BATCH, each run until its longest job ends
         results = []
         for start in range(0, len(requests), BATCH):
@@ -217,24 +221,31 @@ def _step_costs(engine, loaded, prompts: list[str], *, rounds: int = 4, steps: i
     return {rows: statistics.median(values) for rows, values in times.items()}
 
 
-def _fifo_seconds(
-    limits: list[int], costs: dict[int, float], prefills: dict[tuple[int, ...], float] | None = None
+def _ideal_seconds(
+    limits: list[int],
+    costs: dict[int, float],
+    prefills: dict[tuple[int, ...], float] | None = None,
+    *,
+    longest_first: bool = False,
 ) -> float:
-    """Decode time of jobs asking for `limits` tokens through an ideal first-come continuous batcher
-    of BATCH rows: a job joins at the step a row frees up, leaves cost nothing, each step costs what
-    the engine's step of that many rows measured, and each group of jobs joining at one step costs
-    its entry in `prefills` (nothing without it)."""
+    """Decode time of jobs asking for `limits` tokens through an ideal continuous batcher of BATCH
+    rows: a job joins at the step a row frees up, leaves cost nothing, each step costs what the
+    engine's step of that many rows measured, and each group of jobs joining at one step costs its
+    entry in `prefills` (nothing without it)."""
     seconds = 0.0
-    for joining, rows in _fifo_schedule(limits):
+    for joining, rows in _schedule(limits, longest_first=longest_first):
         if joining and prefills is not None:
             seconds += prefills[joining]
         seconds += costs[rows]
     return seconds
 
 
-def _fifo_schedule(limits: list[int]) -> list[tuple[tuple[int, ...], int]]:
-    """Per step of a first-come batcher of BATCH rows: the jobs (indices) that join before it, and its rows."""
+def _schedule(limits: list[int], *, longest_first: bool = False) -> list[tuple[tuple[int, ...], int]]:
+    """Per step of a batcher of BATCH rows taking jobs first come (or the longest first): the jobs
+    (indices) that join before it, and its rows."""
     waiting, rows, schedule = list(enumerate(limits)), [], []
+    if longest_first:
+        waiting.sort(key=lambda job: -job[1])
     while waiting or rows:
         joining = []
         while waiting and len(rows) < BATCH:
@@ -279,7 +290,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads, also for transformers' own thread")
     parser.add_argument("--reps", type=int, default=3, help="most repetitions of each run (best one counts)")
-    parser.add_argument("--budget-s", type=float, default=240, help="stop repeating after this long")
+    parser.add_argument("--budget-s", type=float, default=300, help="stop repeating after this long")
     parser.add_argument("--layers", type=int, default=12, help="fewer for a quick trial of the script itself")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -319,14 +330,23 @@ def main() -> None:
             prompts = _prompts(corpus, JOBS)
             prompt_ids = [loaded.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
             runners = {
-                "engine": lambda limits: _run_engine(engine, folder, prompts, limits, cache, continuous=True),
+                "engine": lambda limits: _run_engine(
+                    engine, folder, prompts, limits, cache, continuous=True, longest_first=True
+                ),
+                "engine_arrival": lambda limits: _run_engine(engine, folder, prompts, limits, cache, continuous=True),
                 "engine_static": lambda limits: _run_engine(engine, folder, prompts, limits, cache, continuous=False),
                 "hf_generate": lambda limits: _run_hf_generate(model, prompt_ids, limits, eos),
                 "hf_continuous": lambda limits: _run_hf_continuous(model, prompt_ids, limits, eos),
             }
             errors: dict[str, str] = {}
             step_costs = _step_costs(engine, loaded, prompts)
-            groups = {g for limits in workloads.values() for g, _ in _fifo_schedule(limits) if g}
+            groups = {
+                g
+                for limits in workloads.values()
+                for longest_first in (False, True)
+                for g, _ in _schedule(limits, longest_first=longest_first)
+                if g
+            }
             prefill_costs = _prefill_costs(engine, loaded, prompts, groups)
             # Warm-up: first-call allocations of every path, on a few short jobs.
             for name, run in runners.items():
@@ -403,39 +423,50 @@ def main() -> None:
                         }
                     )
 
-    engine_entry = implementations["engine"]
-    # What a first-come schedule allows at best, given how the engine's step cost grows with rows:
-    # the tail of the mixed workload runs few rows, and a step of few rows is not proportionally cheaper.
-    ideal = {workload: sum(limits) / _fifo_seconds(limits, step_costs) for workload, limits in workloads.items()}
-    bound = round(ideal["mixed"] / ideal["even"], 3)
-    # The same schedule paying the engine's own prefill for each group that joins at one step.
-    paid = {
-        workload: sum(limits) / _fifo_seconds(limits, step_costs, prefill_costs)
-        for workload, limits in workloads.items()
-    }
-    bound_paid = round(paid["mixed"] / paid["even"], 3)
-    engine_ratio = engine_entry.get("mixed_over_even")
-    fifo_bound = {
-        "step_ms_by_rows": {rows: round(cost * 1000, 1) for rows, cost in step_costs.items()},
-        "mixed_over_even": bound,
-        "engine_share_of_bound": round(engine_ratio / bound, 3) if engine_ratio else None,
-        "note": (
-            "best mixed/even for any first-come continuous batcher of this many rows whose step costs what "
-            "the engine's measured step of that many rows costs, with joins (prefills) and leaves free"
-        ),
-        "with_prefills": {
-            "mixed_over_even": bound_paid,
-            "engine_share": round(engine_ratio / bound_paid, 3) if engine_ratio else None,
-            "prefill_s": {
-                workload: round(sum(prefill_costs[g] for g, _ in _fifo_schedule(limits) if g), 3)
+    def bound(longest_first: bool, engine_ratio: float | None) -> dict:
+        """Best mixed/even for a batcher of BATCH rows taking jobs in this order, given how the
+        engine's step cost grows with rows (free joins, then paying the engine's own prefills)."""
+        free, paid = (
+            {
+                workload: sum(limits) / _ideal_seconds(limits, step_costs, prefills, longest_first=longest_first)
                 for workload, limits in workloads.items()
+            }
+            for prefills in (None, prefill_costs)
+        )
+        ratio, ratio_paid = round(free["mixed"] / free["even"], 3), round(paid["mixed"] / paid["even"], 3)
+        return {
+            "mixed_over_even": ratio,
+            "engine_share_of_bound": round(engine_ratio / ratio, 3) if engine_ratio else None,
+            "with_prefills": {
+                "mixed_over_even": ratio_paid,
+                "engine_share": round(engine_ratio / ratio_paid, 3) if engine_ratio else None,
+                "prefill_s": {
+                    workload: round(
+                        sum(prefill_costs[g] for g, _ in _schedule(limits, longest_first=longest_first) if g), 3
+                    )
+                    for workload, limits in workloads.items()
+                },
             },
-            "prefill_ms_by_group_size": {
-                size: round(statistics.median(c for g, c in prefill_costs.items() if len(g) == size) * 1000, 1)
-                for size in sorted({len(g) for g in prefill_costs})
-            },
-            "note": "the same schedule, each group of jobs joining at one step paying the engine's measured prefill",
+        }
+
+    # The tail of the mixed workload runs few rows when jobs join first come, and a step of few rows
+    # is not proportionally cheaper here; taking the longest first leaves no such tail.
+    fifo_bound = {
+        **bound(False, implementations["engine_arrival"].get("mixed_over_even")),
+        "step_ms_by_rows": {rows: round(cost * 1000, 1) for rows, cost in step_costs.items()},
+        "prefill_ms_by_group_size": {
+            size: round(statistics.median(c for g, c in prefill_costs.items() if len(g) == size) * 1000, 1)
+            for size in sorted({len(g) for g in prefill_costs})
         },
+        "note": (
+            "best mixed/even for a first-come continuous batcher of this many rows whose step costs what the "
+            "engine's measured step of that many rows costs, with joins and leaves free, then with each group "
+            "of jobs joining at one step paying the engine's measured prefill; engine share: engine_arrival's"
+        ),
+    }
+    longest_first_bound = {
+        **bound(True, implementations["engine"].get("mixed_over_even")),
+        "note": "the same, the longest waiting job joining first; engine share: engine's",
     }
     out = {
         "benchmark": "continuous",
@@ -446,7 +477,7 @@ def main() -> None:
             "n_head": info.n_head,
             "vocab_size": info.vocab_size,
             "parameters": info.parameter_count,
-            "eos": "logit held near -1e4, so every job runs to its own limit in all four",
+            "eos": "logit held near -1e4, so every job runs to its own limit in all five",
         },
         "jobs": JOBS,
         "batch": BATCH,
@@ -458,6 +489,7 @@ def main() -> None:
         "reps": reps,
         "implementations": implementations,
         "fifo_bound": fifo_bound,
+        "longest_first_bound": longest_first_bound,
         "hf_continuous_api": {
             "even": "model.generate_batch(max_new_tokens=64)",
             "mixed": "model.continuous_batching_context_manager() + add_request(max_new_tokens=limit) per job",
@@ -476,7 +508,7 @@ def main() -> None:
         "mismatches": mismatches,
         "unstable_across_reps": unstable,
         "target": f"mixed/even >= {TARGET_RATIO} (useful tokens/s, best of reps), identical greedy outputs",
-        "pass": bool(engine_entry.get("pass")) and not mismatches,
+        "pass": bool(implementations["engine"].get("pass")) and not mismatches,
     }
     machine["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     out["machine"] = machine

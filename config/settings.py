@@ -369,6 +369,10 @@ INFERENCE_PROGRESS_INTERVAL = env_float("INFERENCE_PROGRESS_INTERVAL", 0.5, mini
 # in case a signal was lost. Off, each task runs the batch it claimed to the end.
 INFERENCE_CONTINUOUS_BATCHING = env_bool("INFERENCE_CONTINUOUS_BATCHING", True)
 INFERENCE_JOIN_POLL_INTERVAL = env_float("INFERENCE_JOIN_POLL_INTERVAL", 1.0, minimum=0.0)
+# Which queued jobs of a checkpoint a batch takes first: the longest (most new tokens), so that its
+# last steps decode several rows rather than one long job alone, unless a job has been queued for
+# INFERENCE_LONGEST_FIRST_SECONDS: those go first, oldest first. 0 takes every job oldest first.
+INFERENCE_LONGEST_FIRST_SECONDS = env_float("INFERENCE_LONGEST_FIRST_SECONDS", 5.0, minimum=0.0)
 INFERENCE_MODEL_CACHE_MB = env_int("INFERENCE_MODEL_CACHE_MB", 8192, minimum=1)
 INFERENCE_DEVICE = env_str("INFERENCE_DEVICE", "")
 # Checkpoints (slugs) a CUDA worker loads and captures decode graphs for when it starts.

@@ -715,6 +715,7 @@ def generate(
     device: str | None = None,
     cache: ModelCache | None = None,
     max_rows: int = 0,
+    longest_first: bool = False,
     watermark: WatermarkKey | None = None,
     on_progress: Callable[[dict[Hashable, int]], None] | None = None,
     should_cancel: Callable[[], AbstractSet[Hashable]] | None = None,
@@ -723,7 +724,9 @@ def generate(
     """Run `requests` against one checkpoint, results in request order.
 
     With `max_rows`, at most that many rows decode at once and waiting requests join, in order,
-    as rows leave; 0 runs them all together. `on_progress` gets new tokens so far per key, at most
+    as rows leave; 0 runs them all together. With `longest_first`, they join the longest (most new
+    tokens) first, as the worker takes queued jobs (services.jobs_claim): the last steps then decode
+    several rows instead of one long job alone. `on_progress` gets new tokens so far per key, at most
     every `progress_interval_s`. `should_cancel` is polled between steps; the keys it returns stop
     and keep what they have. With `watermark`, sampled rows carry that key's watermark.
     Raises GenerationOOM when the device runs out of memory, after freeing it.
@@ -739,6 +742,8 @@ def generate(
         if reason:
             raise ValueError(reason)
     waiting = list(requests)
+    if longest_first:  # stable: equal lengths keep their order
+        waiting.sort(key=lambda request: -request.params.max_new_tokens)
     results: dict[Hashable, RequestResult] = {}
     last_progress = time.monotonic()
     while waiting or batch:

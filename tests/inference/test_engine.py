@@ -274,6 +274,26 @@ def test_a_row_limit_lets_waiting_requests_join_as_rows_free_up(folder: Path, ca
     assert batch.room == 0 and len(batch.rows) == 3
 
 
+def test_longest_first_starts_the_longest_waiting_requests_and_changes_no_output(
+    folder: Path, cache: ModelCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone = _alone(folder, cache)
+    joined: list[list[Hashable]] = []
+    add = engine.RunningBatch.add
+
+    def recording_add(batch: engine.RunningBatch, requests: list[GenerationRequest]) -> list:
+        joined.append([r.key for r in requests])
+        return add(batch, requests)
+
+    monkeypatch.setattr(engine.RunningBatch, "add", recording_add)
+    results = generate(folder, MIXED, device="cpu", cache=cache, max_rows=3, longest_first=True)
+    assert [r.key for r in results] == [r.key for r in MIXED]  # results still in request order
+    assert {r.key: r.samples for r in results} == alone
+    # 30 new tokens, then 16 (2 rows) fill the 3 rows; arrival order would have started "seeded", "greedy".
+    assert joined[0] == ["long", "seeded"]
+    assert sorted(key for keys in joined for key in keys) == sorted(r.key for r in MIXED)
+
+
 def test_a_prompt_filling_the_context_joins_a_running_batch(folder: Path, cache: ModelCache) -> None:
     loaded = cache.get(folder, "cpu")
     words = "agreement " * 2000

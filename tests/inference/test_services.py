@@ -348,6 +348,31 @@ def test_jobs_claim_by_checkpoint_takes_the_oldest_queued_jobs(researcher_a, act
     assert claimed[0].grant.agreement == active  # loaded with the claim, for the re-check and the results
 
 
+def test_jobs_claim_takes_the_longest_queued_jobs_first(researcher_a, active, gpt2):
+    short, long, middle = (submit(researcher_a, gpt2, max_new_tokens=n) for n in (8, 64, 32))
+    claimed = services.jobs_claim(worker="w1", device="cpu", rows=2, checkpoint_id=gpt2.pk)
+    # The batch's last steps then decode the short job beside others rather than the long one alone.
+    assert {j.pk for j in claimed} == {long.pk, middle.pk}
+    assert GenerationJob.objects.get(pk=short.pk).status == "queued"
+
+
+def test_a_job_queued_past_the_longest_first_wait_is_passed_over_no_more(researcher_a, active, gpt2, settings):
+    settings.INFERENCE_LONGEST_FIRST_SECONDS = 30
+    short, long = submit(researcher_a, gpt2, max_new_tokens=8), submit(researcher_a, gpt2, max_new_tokens=64)
+    GenerationJob.objects.filter(pk=short.pk).update(created_at=timezone.now() - timedelta(seconds=31))
+    claimed = services.jobs_claim(worker="w1", device="cpu", rows=1, checkpoint_id=gpt2.pk)
+    assert [j.pk for j in claimed] == [short.pk]
+    assert GenerationJob.objects.get(pk=long.pk).status == "queued"
+
+
+def test_without_a_longest_first_wait_jobs_are_claimed_oldest_first(researcher_a, active, gpt2, settings):
+    settings.INFERENCE_LONGEST_FIRST_SECONDS = 0
+    short = submit(researcher_a, gpt2, max_new_tokens=8)
+    submit(researcher_a, gpt2, max_new_tokens=64)
+    claimed = services.jobs_claim(worker="w1", device="cpu", rows=1, checkpoint_id=gpt2.pk)
+    assert [j.pk for j in claimed] == [short.pk]
+
+
 def test_a_job_refused_at_the_claim_fails_and_is_not_returned(legal, researcher_a, active, gpt2):
     job = submit(researcher_a, gpt2)
     agreements.agreement_terminate(actor=legal, agreement=active, reason="Breach of the labelling clause.")
