@@ -2,7 +2,8 @@
 
 PostgreSQL database (created, migrated, seeded with the demo organisations, agreements and
 checkpoints; dropped at the end), a flushed Redis database as the broker, a temporary folder for
-the var dir and weights, and real Celery worker processes started as production starts them.
+the var dir and weights, and real Celery worker processes started as production starts them,
+with DEBUG off (Django then records no query in memory, as in production).
 
 Environment (defaults in brackets): BENCH_PG_URL [postgres://postgres:postgres@127.0.0.1:5432],
 BENCH_BROKER_URL [redis://127.0.0.1:6379/9; flushed first and last].
@@ -39,6 +40,8 @@ class Stack:
                 "MODELPACT_VAR_DIR": str(self.tmp / "var"),
                 "DJANGO_SETTINGS_MODULE": "config.settings",
                 "SECRET_KEY": secrets.token_urlsafe(48),
+                "DEBUG": "false",
+                "WATERMARK_KEY": secrets.token_urlsafe(48),  # required with DEBUG off, as in production
                 "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1",
                 "CELERY_TASK_ALWAYS_EAGER": "false",
@@ -80,7 +83,10 @@ class Stack:
         # The demo logins need no production-strength password hashing to be benchmarked.
         settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
         t = time.perf_counter()
-        call_command("seed_demo", stdout=sys.stderr)
+        # A throwaway database: the demo logins get a random password nobody needs.
+        call_command(
+            "seed_demo", create_demo_logins_with_debug_off=True, password=secrets.token_urlsafe(16), stdout=sys.stderr
+        )
         self.timings["seed_demo_s"] = round(time.perf_counter() - t, 1)
         self.flush_broker()  # seeding queued notification emails; no worker here consumes them
 
