@@ -9,13 +9,14 @@ import django_filters
 from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 from django.http import Http404
+from django.utils import timezone
 
 from accounts.models import LAB_ROLES, PARTNER_ROLES, User
 from accounts.permissions import role_of
 from agreements.selectors import PartnerCheckpoint, partner_checkpoint_overview
 from core.filters import CreatedRangeFilterSet
 from inference.models import GenerationJob, Sample, SampleFingerprint
-from inference.services import queue_for
+from inference.services import claimed_before, queue_for
 from inference.shingles import fingerprints
 from models_registry.models import Checkpoint
 
@@ -95,8 +96,10 @@ def job_dispatch_delayed(job: GenerationJob) -> bool:
 def job_queue_position(job: GenerationJob) -> int | None:
     """1 for the next job its queue will start; None unless queued.
 
-    Counts queued jobs of every organisation on the same broker queue (checkpoints routed together),
-    created before this one: the order the worker claims them in. Only the number is shown.
+    Counts queued jobs of every organisation on the same broker queue (checkpoints routed together)
+    that start before this one: of its own checkpoint, those a running batch claims first (the
+    longer ones, see services.claimed_before); of the others, those created before it, the order
+    their messages reach the worker. Only the number is shown.
     """
     if job.status != GenerationJob.Status.QUEUED:
         return None
@@ -107,7 +110,10 @@ def job_queue_position(job: GenerationJob) -> int | None:
     else:
         same_queue = Q(checkpoint__slug__in=[s for s, q in settings.INFERENCE_CHECKPOINT_QUEUES.items() if q == queue])
     earlier = Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, pk__lt=job.pk)
-    ahead = GenerationJob.objects.filter(same_queue, earlier, status=GenerationJob.Status.QUEUED).count()
+    before = (Q(checkpoint=job.checkpoint_id) & claimed_before(job, timezone.now())) | (
+        ~Q(checkpoint=job.checkpoint_id) & earlier
+    )
+    ahead = GenerationJob.objects.filter(same_queue, before, status=GenerationJob.Status.QUEUED).count()
     return ahead + 1
 
 

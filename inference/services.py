@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
 from django.db.models import Case, F, IntegerField, OuterRef, Q, Subquery, Value, When
+from django.db.models.expressions import Combinable
 from django.urls import reverse
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -408,11 +409,12 @@ def lease_deadline() -> datetime:
 _CLAIM_RELATED = ("checkpoint", "organization", "grant__agreement")
 
 
-def _claim_order(now: datetime) -> list:
+def _claim_order(now: datetime) -> list[str | Combinable]:
     """The order queued jobs join a batch in: the longest (most new tokens) first, oldest first among
     equals, so a batch's last steps still decode several rows rather than one long job alone (on a
     CPU a step of one row costs a third of a step of eight). A job queued for
-    INFERENCE_LONGEST_FIRST_SECONDS is not passed over any more: such jobs go first, oldest first."""
+    INFERENCE_LONGEST_FIRST_SECONDS is not passed over any more: such jobs go first, oldest first.
+    claimed_before says the same as a filter; change both together."""
     wait = settings.INFERENCE_LONGEST_FIRST_SECONDS
     if not wait:
         return ["created_at", "pk"]
@@ -423,6 +425,18 @@ def _claim_order(now: datetime) -> list:
         "created_at",
         "pk",
     ]
+
+
+def claimed_before(job: GenerationJob, now: datetime) -> Q:
+    """Jobs of `job`'s checkpoint that a batch claims before it, if both are queued (_claim_order)."""
+    older = Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, pk__lt=job.pk)
+    wait = settings.INFERENCE_LONGEST_FIRST_SECONDS
+    if not wait:
+        return older
+    overdue = Q(created_at__lte=now - timedelta(seconds=wait))
+    if job.created_at <= now - timedelta(seconds=wait):
+        return overdue & older
+    return overdue | Q(max_new_tokens__gt=job.max_new_tokens) | (Q(max_new_tokens=job.max_new_tokens) & older)
 
 
 def jobs_claim(

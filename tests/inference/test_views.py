@@ -246,6 +246,19 @@ def test_queue_position_counts_only_earlier_queued_jobs_on_the_same_queue(
     assert "Position <strong>1</strong> in the queue: it starts next." in body
 
 
+def test_queue_position_counts_longer_jobs_of_its_checkpoint_that_start_first(client, researcher_a, active, gpt2):
+    mine = submit(researcher_a, gpt2, max_new_tokens=16)
+    submit(researcher_a, gpt2, max_new_tokens=64)  # later, but a running batch takes it first
+    submit(researcher_a, gpt2, max_new_tokens=8)  # later and shorter: behind it
+    client.force_login(researcher_a)
+    body = text(client.get(reverse("job_detail", args=[mine.pk])))
+    assert "Position <strong>2</strong> in the queue: 1 job ahead of it." in body
+    # Once it has waited INFERENCE_LONGEST_FIRST_SECONDS, no later job goes ahead of it.
+    GenerationJob.objects.filter(pk=mine.pk).update(created_at=timezone.now() - timedelta(seconds=60))
+    body = text(client.get(reverse("job_detail", args=[mine.pk])))
+    assert "Position <strong>1</strong> in the queue: it starts next." in body
+
+
 def test_a_running_job_shows_tokens_so_far_of_expected(client, researcher_a, active, gpt2):
     job = submit(researcher_a, gpt2, max_new_tokens=64, num_samples=2)
     services.jobs_claim(job_id=job.pk, worker="w1", device="cpu", rows=32)
