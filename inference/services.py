@@ -31,7 +31,7 @@ from agreements.selectors import (
 )
 from agreements.services import access_refusal_log, grants_revoke_for_checkpoint, usage_reserve, usage_settle
 from audit import events
-from audit.services import audit_append
+from audit.services import AuditEntry, audit_append, audit_append_many
 from core.errors import DomainError
 from core.tasks import task_send
 from inference.models import GenerationJob, Sample, SampleFingerprint
@@ -513,13 +513,19 @@ def jobs_claim(
         for job in jobs:
             job.status, job.worker, job.started_at, job.device = GenerationJob.Status.RUNNING, worker, now, device
             job.lease_expires_at, job.progress_tokens, job.attempts = deadline, 0, job.attempts + 1
-            audit_append(
-                actor=None,
-                action=events.JOB_STARTED,
-                target=job,
-                organization=job.organization,
-                data={"worker": worker, "attempt": job.attempts, "batch": batch},
-            )
+        # Each job's own trail shows it started; the batch's starts go into the chain in one INSERT.
+        audit_append_many(
+            actor=None,
+            entries=[
+                AuditEntry(
+                    action=events.JOB_STARTED,
+                    target=job,
+                    organization=job.organization,
+                    data={"worker": worker, "attempt": job.attempts, "batch": batch},
+                )
+                for job in jobs
+            ],
+        )
         # The re-check: one decision per grant serves every job of that grant in the batch.
         decisions: dict[int, AccessDecision] = {}
         runnable = []

@@ -10,11 +10,12 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
 
 from accounts import services
 from audit.models import AppendOnlyError, AuditEvent, ChainHead
 from audit.selectors import audit_chain_verify
-from audit.services import audit_append
+from audit.services import AuditEntry, audit_append, audit_append_many
 
 pytestmark = pytest.mark.django_db
 CHAIN_TRIGGER = importlib.import_module("audit.migrations.0004_chain_head_maintained_by_the_database")
@@ -59,6 +60,34 @@ def test_a_chain_written_by_services_verifies(chain, capsys):
         assert after.prev_hash == before.hash
     call_command("audit_verify")
     assert "intact" in capsys.readouterr().out
+
+
+def test_events_appended_together_go_in_one_insert_and_chain_in_order(chain, lab_admin, partner_a, partner_b):
+    head = ChainHead.objects.get()
+    organizations = [partner_a, partner_b]
+    entries = [AuditEntry(action="test.noted", target=org, data={"n": n}) for n, org in enumerate(organizations)]
+    with CaptureQueriesContext(connection) as appending:
+        appended = audit_append_many(actor=lab_admin, entries=entries)
+    inserts = [q for q in appending.captured_queries if q["sql"].startswith('INSERT INTO "audit_auditevent"')]
+    assert len(inserts) == 1
+    stored = list(AuditEvent.objects.filter(seq__gt=head.seq).order_by("seq"))
+    assert [e.seq for e in stored] == [e.seq for e in appended] == [head.seq + 1, head.seq + 2]
+    assert [(e.target_id, e.organization_id, e.data) for e in stored] == [
+        (str(partner_a.pk), partner_a.pk, {"n": 0}),
+        (str(partner_b.pk), partner_b.pk, {"n": 1}),
+    ]
+    assert stored[0].prev_hash == head.hash and stored[1].prev_hash == stored[0].hash
+    assert ChainHead.objects.get().hash == stored[1].hash
+    assert audit_chain_verify().ok
+
+
+def test_events_appended_together_roll_back_together(chain, lab_admin, partner_a):
+    head = ChainHead.objects.get()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        audit_append_many(actor=lab_admin, entries=[AuditEntry(action="test.noted", target=partner_a)] * 3)
+        raise RuntimeError("the change failed")
+    assert not AuditEvent.objects.filter(seq__gt=head.seq).exists()
+    assert ChainHead.objects.get().seq == head.seq
 
 
 def test_every_service_event_names_actor_action_and_target(lab_admin):

@@ -17,6 +17,7 @@ from django.utils import timezone
 from agreements import services as agreements
 from agreements.selectors import AccessRefused
 from audit.models import AuditEvent
+from audit.selectors import audit_chain_verify
 from inference import engine, provenance, services, signal, tasks
 from inference.models import GenerationJob
 from inference.services import IdempotencyConflict, JobParams
@@ -346,6 +347,20 @@ def test_jobs_claim_by_checkpoint_takes_the_oldest_queued_jobs(researcher_a, act
     claimed = services.jobs_claim(worker="w1", device="cpu", rows=4, checkpoint_id=gpt2.pk)
     assert [j.pk for j in claimed] == [jobs[0].pk, jobs[1].pk]
     assert claimed[0].grant.agreement == active  # loaded with the claim, for the re-check and the results
+
+
+def test_a_claimed_batch_records_each_jobs_start_in_one_insert(researcher_a, active, gpt2):
+    jobs = [submit(researcher_a, gpt2, prompt=f"Prompt {n}") for n in range(3)]
+    with CaptureQueriesContext(connection) as claiming:
+        claimed = services.jobs_claim(worker="w1", device="cpu", rows=8, job_id=jobs[0].pk)
+    assert len(claimed) == 3
+    inserts = [q for q in claiming.captured_queries if q["sql"].startswith('INSERT INTO "audit_auditevent"')]
+    assert len(inserts) == 1
+    for job in jobs:
+        [started] = AuditEvent.objects.filter(action="job.started", target_id=str(job.pk))
+        assert started.organization_id == job.organization_id
+        assert started.data == {"worker": "w1", "attempt": 1, "batch": [j.pk for j in jobs]}
+    assert audit_chain_verify().ok
 
 
 def test_jobs_claim_takes_the_longest_queued_jobs_first(researcher_a, active, gpt2):
