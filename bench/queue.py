@@ -271,7 +271,7 @@ def main() -> None:
             timer.patch(services, "audit_append", "audit_append")
             timer.patch(services, "jobs_claim", "worker: jobs_claim")
             timer.patch(services, "job_progress", "worker: job_progress")
-            timer.patch(services, "job_complete", "worker: job_complete")
+            timer.patch(services, "jobs_complete", "worker: jobs_complete")
             timer.patch(engine.RunningBatch, "add", "worker: RunningBatch.add (prefill)")
             timer.patch(engine.RunningBatch, "step", "worker: RunningBatch.step")
             services_enqueue = services.enqueue_job

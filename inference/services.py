@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypedDict
 
 from django.conf import settings
@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from accounts.models import PARTNER_ROLES, NotificationKind, User
 from accounts.permissions import require_role
 from accounts.services import notifications_send
+from agreements.models import AccessGrant
 from agreements.selectors import (
     AccessDecision,
     AccessRefused,
@@ -289,7 +290,7 @@ def job_cancel(*, actor: User, job: GenerationJob) -> GenerationJob:
         job.error_code = "cancelled"
         job.error_message = f"Cancelled by {actor.email} before it started."
         job.save(update_fields=["status", "finished_at", "cancel_requested_at", "error_code", "error_message"])
-        _usage_settle(job)
+        _usage_settle([job])
         job_finished_on_commit(job.pk, job.status)
     elif job.status == GenerationJob.Status.RUNNING:
         if job.cancel_requested_at is None:
@@ -315,14 +316,16 @@ def _notify_job_cancelled(job: GenerationJob, body: str) -> None:
     )
 
 
-def _usage_settle(job: GenerationJob) -> None:
-    """A job ended: the tokens reserved at its submission become what it generated."""
-    usage_settle(
-        grant=job.grant,
-        day=job.created_at.astimezone(UTC).date(),
-        reserved=job.expected_tokens,
-        used=job.tokens_generated or 0,
-    )
+def _usage_settle(jobs: list[GenerationJob]) -> None:
+    """Jobs ended: the tokens reserved at their submission become what they generated, one settlement
+    per grant and day of submission."""
+    settlements: dict[tuple[int, date], tuple[AccessGrant, int, int]] = {}
+    for job in jobs:
+        key = (job.grant_id, job.created_at.astimezone(UTC).date())
+        _, reserved, used = settlements.get(key, (job.grant, 0, 0))
+        settlements[key] = (job.grant, reserved + job.expected_tokens, used + (job.tokens_generated or 0))
+    for (_, day), (grant, reserved, used) in settlements.items():
+        usage_settle(grant=grant, day=day, reserved=reserved, used=used)
 
 
 # --- The kill switch: the highest app it touches orchestrates it ----------------------------------------
@@ -362,7 +365,7 @@ def checkpoint_withdraw(*, actor: User, checkpoint: Checkpoint, reason: str) -> 
         job.finished_at = now
         job.lease_expires_at = None
         job.save(update_fields=["status", "error_code", "error_message", "finished_at", "lease_expires_at"])
-        _usage_settle(job)
+        _usage_settle([job])
         job_finished_on_commit(job.pk, job.status)
         cancelled.append(job.pk)
         _notify_job_cancelled(job, f"Your job #{job.pk} was cancelled before it started: {job.error_message}")
@@ -585,7 +588,24 @@ def storable_text(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
 
-@transaction.atomic
+@dataclass(frozen=True)
+class JobResult:
+    """What a worker hands back for one claimed job when its last sample ends (or it is cancelled).
+
+    `job` is the row as claimed (with its checkpoint, organization and grant); `samples` are
+    (index, text, token count); `watermark_scheme` and `watermark_key_id` say how the samples were
+    watermarked ("" for none)."""
+
+    job: GenerationJob
+    samples: list[tuple[int, str, int]]
+    prompt_tokens: int
+    cancelled: bool
+    batch_size: int
+    timings: dict[str, float]
+    watermark_scheme: str = ""
+    watermark_key_id: str = ""
+
+
 def job_complete(
     *,
     job: GenerationJob,
@@ -599,67 +619,89 @@ def job_complete(
     watermark_scheme: str = "",
     watermark_key_id: str = "",
 ) -> bool:
-    """Store a job's samples, counts and timings in one transaction; False if the job is no longer ours.
+    """Store one job's samples, counts and timings (jobs_complete); False if the job is no longer ours."""
+    result = JobResult(job, samples, prompt_tokens, cancelled, batch_size, timings, watermark_scheme, watermark_key_id)
+    return bool(jobs_complete(results=[result], worker=worker, device=device))
 
-    `job` is the row as claimed (with its checkpoint, organization and grant); it is updated in place.
-    `watermark_scheme` and `watermark_key_id` say how its samples were watermarked ("" for none).
-    """
-    samples = [(index, storable_text(text), count) for index, text, count in samples]
-    tokens = sum(count for _, _, count in samples)
-    changes: dict[str, object] = {
-        "tokens_generated": tokens,
-        "progress_tokens": tokens,
-        "prompt_tokens": prompt_tokens,
-        "status": GenerationJob.Status.CANCELLED if cancelled else GenerationJob.Status.SUCCEEDED,
-        "finished_at": timezone.now(),
-        "device": device,
-        "batch_size": batch_size,
-        "timings": timings,
-        "lease_expires_at": None,
-    }
-    if cancelled:
-        changes["error_code"] = "cancelled"
-        changes["error_message"] = f"Cancelled while running; kept the {tokens:,} tokens generated so far."
-    # A conditional UPDATE locks the row and says whether the job is still ours, in one statement.
-    ours = GenerationJob.objects.filter(
-        pk=job.pk, status=GenerationJob.Status.RUNNING, worker=worker, attempts=job.attempts
-    ).update(**changes)
-    if not ours:
-        return False  # the sweeper gave it to someone else; their result counts, not ours
-    for name, value in changes.items():
-        setattr(job, name, value)
-    hashes = [hashlib.sha256(text.encode()).hexdigest() for _, text, _ in samples]
-    created = Sample.objects.bulk_create(
-        [
+
+@transaction.atomic
+def jobs_complete(*, results: list[JobResult], worker: str, device: str) -> list[int]:
+    """Store the samples, counts and timings of jobs that ended at the same step, in one transaction;
+    returns the ids stored. A job that is no longer ours (the sweeper gave it to another worker) is
+    skipped: their result counts, not ours. Each job is updated in place.
+
+    Jobs that end together (a batch of equal lengths) share the samples' INSERT, the fingerprints',
+    the ledger's settlement per grant and day, and one audit INSERT; each job still gets its own
+    conditional UPDATE, its own audit event and its own finished signal."""
+    stored: list[JobResult] = []
+    hashes: dict[int, list[str]] = {}
+    new_samples: list[Sample] = []
+    for result in results:
+        job = result.job
+        samples = [(index, storable_text(text), count) for index, text, count in result.samples]
+        tokens = sum(count for _, _, count in samples)
+        changes: dict[str, object] = {
+            "tokens_generated": tokens,
+            "progress_tokens": tokens,
+            "prompt_tokens": result.prompt_tokens,
+            "status": GenerationJob.Status.CANCELLED if result.cancelled else GenerationJob.Status.SUCCEEDED,
+            "finished_at": timezone.now(),
+            "device": device,
+            "batch_size": result.batch_size,
+            "timings": result.timings,
+            "lease_expires_at": None,
+        }
+        if result.cancelled:
+            changes["error_code"] = "cancelled"
+            changes["error_message"] = f"Cancelled while running; kept the {tokens:,} tokens generated so far."
+        # A conditional UPDATE locks the row and says whether the job is still ours, in one statement.
+        ours = GenerationJob.objects.filter(
+            pk=job.pk, status=GenerationJob.Status.RUNNING, worker=worker, attempts=job.attempts
+        ).update(**changes)
+        if not ours:
+            continue
+        for name, value in changes.items():
+            setattr(job, name, value)
+        stored.append(result)
+        hashes[job.pk] = [hashlib.sha256(text.encode()).hexdigest() for _, text, _ in samples]
+        key_id = result.watermark_key_id if result.watermark_scheme else ""
+        new_samples += [
             Sample(
                 job=job,
                 index=index,
                 text=text,
                 token_count=count,
                 sha256=sha256,
-                watermark_scheme=watermark_scheme,
-                watermark_key_id=watermark_key_id if watermark_scheme else "",
+                watermark_scheme=result.watermark_scheme,
+                watermark_key_id=key_id,
             )
-            for (index, text, count), sha256 in zip(samples, hashes, strict=True)
+            for (index, text, count), sha256 in zip(samples, hashes[job.pk], strict=True)
         ]
-    )
-    samples_index(samples=created)
-    _usage_settle(job)
-    audit_append(
+    if not stored:
+        return []
+    samples_index(samples=Sample.objects.bulk_create(new_samples))
+    _usage_settle([result.job for result in stored])
+    audit_append_many(
         actor=None,
-        action=events.JOB_CANCELLED if cancelled else events.JOB_SUCCEEDED,
-        target=job,
-        organization=job.organization,
-        data={
-            "tokens_generated": job.tokens_generated,
-            "samples": hashes,
-            "weights_sha256": job.checkpoint.weights_sha256,
-            "device": device,
-            "worker": worker,
-        },
+        entries=[
+            AuditEntry(
+                action=events.JOB_CANCELLED if result.cancelled else events.JOB_SUCCEEDED,
+                target=result.job,
+                organization=result.job.organization,
+                data={
+                    "tokens_generated": result.job.tokens_generated,
+                    "samples": hashes[result.job.pk],
+                    "weights_sha256": result.job.checkpoint.weights_sha256,
+                    "device": device,
+                    "worker": worker,
+                },
+            )
+            for result in stored
+        ],
     )
-    job_finished_on_commit(job.pk, job.status)
-    return True
+    for result in stored:
+        job_finished_on_commit(result.job.pk, result.job.status)
+    return [result.job.pk for result in stored]
 
 
 @transaction.atomic
@@ -680,7 +722,7 @@ def job_fail(*, job: GenerationJob, worker: str | None, code: str, message: str,
         row.device = device
         fields.append("device")
     row.save(update_fields=fields)
-    _usage_settle(row)
+    _usage_settle([row])
     audit_append(actor=None, action=events.JOB_FAILED, target=row, organization=row.organization, data={"code": code})
     job_finished_on_commit(row.pk, row.status)
     return True

@@ -201,26 +201,32 @@ class BatchRun:
         return [job.pk]
 
     def _store(self, results: list[engine.RequestResult]) -> list[int]:
+        """Store the jobs that ended at this step, together (services.jobs_complete)."""
+        if not results:
+            return []
         done = time.perf_counter()
+        finished: list[services.JobResult] = []
         for result in results:
             running = self.running.pop(_job_id(result.key))
             job = running.job
             # A job's samples share its temperature: all carry the watermark, or (greedy) none does.
             watermarked = bool(result.samples) and all(s.watermarked for s in result.samples)
-            services.job_complete(
-                job=job,
-                worker=self.worker,
-                samples=[(s.index, s.text, s.token_count) for s in result.samples],
-                prompt_tokens=result.prompt_tokens,
-                cancelled=result.cancelled,
-                device=self.device,
-                batch_size=running.batch_jobs,
-                timings={
-                    "queued_s": round((job.started_at - job.created_at).total_seconds(), 3) if job.started_at else 0.0,
-                    "load_s": round(running.load_s, 3),
-                    "generate_s": round(done - running.joined, 3),
-                },
-                watermark_scheme=watermark.SCHEME if watermarked else "",
-                watermark_key_id=provenance.current_key().key_id if watermarked else "",
+            queued_s = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
+            finished.append(
+                services.JobResult(
+                    job=job,
+                    samples=[(s.index, s.text, s.token_count) for s in result.samples],
+                    prompt_tokens=result.prompt_tokens,
+                    cancelled=result.cancelled,
+                    batch_size=running.batch_jobs,
+                    timings={
+                        "queued_s": round(queued_s, 3),
+                        "load_s": round(running.load_s, 3),
+                        "generate_s": round(done - running.joined, 3),
+                    },
+                    watermark_scheme=watermark.SCHEME if watermarked else "",
+                    watermark_key_id=provenance.current_key().key_id if watermarked else "",
+                )
             )
+        services.jobs_complete(results=finished, worker=self.worker, device=self.device)
         return [_job_id(result.key) for result in results]

@@ -15,6 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from agreements import services as agreements
+from agreements.models import GrantUsage
 from agreements.selectors import AccessRefused
 from audit.models import AuditEvent
 from audit.selectors import audit_chain_verify
@@ -268,6 +269,38 @@ def test_queued_jobs_never_claimed_are_sent_again(researcher_a, active, gpt2, se
     assert services.jobs_sweep()["resent"] == []
     with time_machine.travel(timezone.now() + timedelta(seconds=61)):
         assert services.jobs_sweep()["resent"] == [job.pk]
+
+
+def test_jobs_ending_together_are_stored_in_one_transaction_each_with_its_own_trail(researcher_a, active, gpt2):
+    jobs = [submit(researcher_a, gpt2, prompt=f"Prompt {n}", num_samples=2) for n in range(3)]
+    claimed = services.jobs_claim(worker="w1", device="cpu", rows=8, job_id=jobs[0].pk)
+    usage = GrantUsage.objects.get(grant=claimed[0].grant)
+    assert usage.tokens_reserved == sum(job.expected_tokens for job in jobs)
+    # The sweeper gave the last one to another worker meanwhile: its result is not ours to store.
+    GenerationJob.objects.filter(pk=jobs[2].pk).update(worker="w2")
+    text = "the partner shall label every synthetic sample it publishes under this agreement"
+    results = [
+        services.JobResult(job=job, samples=[(0, f"{text} {job.pk} a", 5), (1, f"{text} {job.pk} b", 7)],
+                           prompt_tokens=4, cancelled=False, batch_size=3, timings={})
+        for job in claimed
+    ]  # fmt: skip
+    with CaptureQueriesContext(connection) as storing:
+        stored = services.jobs_complete(results=results, worker="w1", device="cpu")
+    assert stored == [jobs[0].pk, jobs[1].pk]
+    inserts = [q["sql"].split(" (")[0] for q in storing.captured_queries if q["sql"].startswith("INSERT")]
+    tables = ["inference_sample", "inference_samplefingerprint", "audit_auditevent"]
+    assert sorted(inserts) == sorted(f'INSERT INTO "{table}"' for table in tables)
+    for job in jobs[:2]:
+        job.refresh_from_db()
+        assert (job.status, job.tokens_generated) == ("succeeded", 12)
+        assert [s.text for s in job.samples.order_by("index")] == [f"{text} {job.pk} a", f"{text} {job.pk} b"]
+        [event] = AuditEvent.objects.filter(action="job.succeeded", target_id=str(job.pk))
+        assert event.data["samples"] == [s.sha256 for s in job.samples.order_by("index")]
+    assert GenerationJob.objects.get(pk=jobs[2].pk).status == "running"
+    usage.refresh_from_db()
+    # The two stored jobs settled at what they generated; the third keeps its reservation.
+    assert (usage.tokens_used, usage.tokens_reserved) == (24, jobs[2].expected_tokens)
+    assert audit_chain_verify().ok
 
 
 def test_a_sample_with_a_nul_byte_is_stored_not_lost(researcher_a, active, gpt2):
