@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import connection, models, transaction
 from django.utils import timezone
 
-from audit.hooks import event_appended
+from audit.hooks import events_appended
 from audit.middleware import current_ip
 from audit.models import GENESIS_HASH, AuditEvent, ChainHead
 
@@ -111,8 +111,7 @@ def audit_append_many(
         else:
             AuditEvent.objects.bulk_create(appended)
         # Subscribers write in this same transaction: a change that rolls back leaves nothing behind.
-        for event in appended:
-            event_appended(event)
+        events_appended(appended)
     return appended
 
 

@@ -10,6 +10,6 @@ class WebhooksConfig(AppConfig):
     def ready(self) -> None:
         # Here, not at the top: webhooks.events imports models, which load only once the apps are ready.
         from audit import hooks
-        from webhooks.events import event_from_audit
+        from webhooks.events import events_from_audit
 
-        hooks.subscribe(event_from_audit)
+        hooks.subscribe(events_from_audit)

@@ -1,6 +1,6 @@
 """From audit events to webhook events: which actions are sent, what they carry, who hears them.
 
-`event_from_audit` is subscribed to the audit log (audit.hooks) in WebhooksConfig.ready(). It runs
+`events_from_audit` is subscribed to the audit log (audit.hooks) in WebhooksConfig.ready(). It runs
 inside the transaction of the change: the WebhookEvent and one Delivery per matching endpoint commit
 with the change or not at all, and the delivery tasks are queued once it commits. A broker that is
 down loses nothing: the beat sweep sends what is due.
@@ -147,24 +147,35 @@ def endpoints_for(event_type: str, organization_id: int | None) -> list[WebhookE
     return [endpoint for endpoint in endpoints if event_type in endpoint.events]
 
 
-def event_from_audit(audit: AuditEvent) -> WebhookEvent | None:
-    """The audit subscriber: record the webhook event and its deliveries, queue them on commit."""
-    event_type = EVENT_FOR_ACTION.get(audit.action)
-    if event_type is None:
-        return None
-    builder = PAYLOAD_FOR_TARGET.get(audit.target_type)
-    if builder is None or not audit.target_id:
-        return None
-    organization_id = None if event_type in SHARED_TYPES else audit.organization_id
-    endpoints = list(endpoints_for(event_type, organization_id))
-    if not endpoints:
-        return None  # nobody listens: store nothing
+def events_from_audit(audits: list[AuditEvent]) -> list[WebhookEvent]:
+    """The audit subscriber: record the webhook events and their deliveries, queue them on commit.
+
+    Events appended together (a batch of jobs ending at one step) look their endpoints up once per
+    event type and organisation."""
+    endpoints: dict[tuple[str, int | None], list[WebhookEndpoint]] = {}
+    recorded = []
+    for audit in audits:
+        event_type = EVENT_FOR_ACTION.get(audit.action)
+        if event_type is None or audit.target_type not in PAYLOAD_FOR_TARGET or not audit.target_id:
+            continue
+        organization_id = None if event_type in SHARED_TYPES else audit.organization_id
+        key = (event_type, organization_id)
+        if key not in endpoints:
+            endpoints[key] = endpoints_for(event_type, organization_id)
+        if endpoints[key]:  # nobody listens: store nothing
+            recorded.append(_record(audit, event_type, organization_id, endpoints[key]))
+    return recorded
+
+
+def _record(
+    audit: AuditEvent, event_type: str, organization_id: int | None, endpoints: list[WebhookEndpoint]
+) -> WebhookEvent:
     now = timezone.now()
     event = WebhookEvent(type=event_type, organization_id=organization_id, audit_seq=audit.seq, created_at=now)
     event.payload = {
         "type": event_type,
         "timestamp": now.isoformat().replace("+00:00", "Z"),
-        "data": _json(builder(audit)),
+        "data": _json(PAYLOAD_FOR_TARGET[audit.target_type](audit)),
     }
     event.save()
     deliveries = Delivery.objects.bulk_create(

@@ -6,9 +6,11 @@ from datetime import timedelta
 
 import pytest
 import time_machine
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from agreements import services as agreement_services
+from inference import services as inference_services
 from models_registry import services as registry_services
 from tests.webhooks.conftest import register
 from webhooks.models import Delivery, WebhookEvent
@@ -108,3 +110,27 @@ def test_an_overdue_report_and_its_extension_reach_only_its_organisation(admin_a
     resolved = WebhookEvent.objects.get(type="obligation.resolved")
     assert resolved.payload["data"]["resolution"] == "extended"
     assert resolved.payload["data"]["obligation"]["extension_reason"] == "Ethics review"
+
+
+def test_jobs_ending_together_each_send_their_event_after_one_endpoint_lookup(
+    admin_a, researcher_a, active, gpt2, monkeypatch
+):
+    monkeypatch.setattr(inference_services, "enqueue_job", lambda job: None)
+    endpoint = register(admin_a, url="https://a.example/jobs", events=["job.succeeded"])[0]
+    params = inference_services.JobParams(
+        prompt="The partner shall", max_new_tokens=4, temperature=0.0, top_k=0, top_p=1.0, num_samples=1, seed=None
+    )
+    jobs = [inference_services.job_submit(actor=researcher_a, checkpoint=gpt2, params=params) for _ in range(3)]
+    claimed = inference_services.jobs_claim(worker="w1", device="cpu", rows=8, job_id=jobs[0].pk)
+    results = [
+        inference_services.JobResult(job=job, samples=[(0, "text", 1)], prompt_tokens=3, cancelled=False,
+                                     batch_size=3, timings={})
+        for job in claimed
+    ]  # fmt: skip
+    with CaptureQueriesContext(connection) as storing:
+        inference_services.jobs_complete(results=results, worker="w1", device="cpu")
+    lookups = [q for q in storing.captured_queries if 'FROM "webhooks_webhookendpoint"' in q["sql"]]
+    assert len(lookups) == 1
+    events = list(WebhookEvent.objects.filter(type="job.succeeded").order_by("audit_seq"))
+    assert [e.payload["data"]["job"]["id"] for e in events] == [job.pk for job in jobs]
+    assert all(receivers(e) == {endpoint.url} for e in events)
