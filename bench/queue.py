@@ -10,8 +10,9 @@ queued job is paired with an in-process engine.generate() of the same input, in 
 interleaved so that load from other processes hits both alike. Prints one JSON object: p50/p95 both
 ways, their ratio (target <= 1.2), the paired overhead's distribution (no 0.5 s or 2 s steps), a
 per-phase breakdown from the job rows' timestamps, an in-process attribution (time and SQL queries
-per service call), and the SQL floor: one job's statements replayed raw through psycopg, which is what
-they cost PostgreSQL and the wire however the Python around them is written.
+per service call), the same for a burst of equal jobs claimed and stored as one batch (they start
+together and end at the same step), and the SQL floor: one job's statements replayed raw through
+psycopg, which is what they cost PostgreSQL and the wire however the Python around them is written.
 
     .venv/bin/python bench/queue.py [--jobs 30] [--checkpoint gpt2-medium] [--threads 1]
 
@@ -32,6 +33,7 @@ sys.path[:] = [str(_ROOT)] + [p for p in sys.path if Path(p or ".").resolve() !=
 import argparse  # noqa: E402
 import collections  # noqa: E402
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime  # noqa: E402
@@ -118,6 +120,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=110, help="stop measuring after this long (min 10 jobs)")
     parser.add_argument("--pairs", type=int, default=6, help="back-to-back pairs for the idle-gap check")
     parser.add_argument("--attribution-jobs", type=int, default=8, help="in-process jobs timed per service call")
+    parser.add_argument("--batch-jobs", type=int, default=8, help="equal jobs per burst in the batch attribution")
+    parser.add_argument("--batch-rounds", type=int, default=10, help="bursts timed in the batch attribution")
     parser.add_argument("--floor-reps", type=int, default=40, help="replays of one job's SQL for the floor")
     parser.add_argument(
         "--pool", choices=["prefork", "solo", "threads"], default="prefork", help="worker pool (production: prefork)"
@@ -289,6 +293,35 @@ def main() -> None:
             services.enqueue_job = services_enqueue
             attribution = timer.report(attributed)
 
+            # A burst of equal jobs: one task claims them all and they end at the same step, so the
+            # claim and the store each run once per batch.
+            phase = "batch_attribution"
+            services.enqueue_job = _no_enqueue(services_enqueue)
+            burst = dataclasses.replace(params, max_new_tokens=8)
+            batch_timer = _Timer()
+            batch_timer.patch(services, "jobs_claim", "worker: jobs_claim")
+            batch_timer.patch(services, "jobs_complete", "worker: jobs_complete")
+            with connection.execute_wrapper(batch_timer.sql):
+                for _ in range(args.batch_rounds):
+                    jobs = [
+                        services.job_submit(actor=researcher, checkpoint=checkpoint, params=burst)
+                        for _ in range(args.batch_jobs)
+                    ]
+                    tasks.run_job.run(jobs[0].pk)
+                    done = GenerationJob.objects.filter(pk__in=[j.pk for j in jobs], status="succeeded")
+                    if done.count() < len(jobs):
+                        raise RuntimeError("a burst did not run to the end as one batch")
+            batch_timer.restore()
+            services.enqueue_job = services_enqueue
+            batch_attribution = {
+                "jobs_per_batch": args.batch_jobs,
+                "new_tokens": burst.max_new_tokens,
+                "per_batch": {
+                    label: {key.replace("_per_job", "_per_batch"): value for key, value in figures.items()}
+                    for label, figures in batch_timer.report(args.batch_rounds).items()
+                },
+            }
+
             phase = "sql_floor"
             services.enqueue_job = _no_enqueue(services_enqueue)
             try:
@@ -352,6 +385,7 @@ def main() -> None:
                 },
                 "broker_publish_s": summary(publish_times) if publish_times else None,
                 "attribution_in_process": {"jobs": attributed, "per_call": attribution},
+                "batch_attribution_in_process": batch_attribution,
                 "sql_floor": sql_floor,
                 "setup_s": {
                     "migrate": stack.timings["migrate_s"],
