@@ -413,6 +413,20 @@ def test_a_job_queued_past_the_longest_first_wait_is_passed_over_no_more(researc
     assert GenerationJob.objects.get(pk=long.pk).status == "queued"
 
 
+@pytest.mark.parametrize("wait", [0, 30])
+def test_the_claim_order_and_the_jobs_counted_before_each_agree(researcher_a, active, gpt2, settings, wait):
+    settings.INFERENCE_LONGEST_FIRST_SECONDS = wait
+    now = timezone.now()
+    # (seconds queued, new tokens): overdue and fresh jobs, long and short, ties in length and in age.
+    shapes = [(5, 16), (40, 8), (5, 64), (90, 32), (1, 64), (40, 8), (5, 16)]
+    for age, tokens in shapes:
+        job = submit(researcher_a, gpt2, max_new_tokens=tokens)
+        GenerationJob.objects.filter(pk=job.pk).update(created_at=now - timedelta(seconds=age))
+    queued = GenerationJob.objects.filter(status="queued", checkpoint=gpt2)
+    order = list(queued.order_by(*services._claim_order(now)))
+    assert [queued.filter(services.claimed_before(job, now)).count() for job in order] == list(range(len(shapes)))
+
+
 def test_without_a_longest_first_wait_jobs_are_claimed_oldest_first(researcher_a, active, gpt2, settings):
     settings.INFERENCE_LONGEST_FIRST_SECONDS = 0
     short = submit(researcher_a, gpt2, max_new_tokens=8)
