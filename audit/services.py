@@ -106,10 +106,7 @@ def audit_append_many(
             event.hash = head_hash = event.compute_hash()
             appended.append(event)
         # The insert trigger checks and moves the head row by row, in this order.
-        if len(appended) == 1:
-            appended[0].save()
-        else:
-            AuditEvent.objects.bulk_create(appended)
+        AuditEvent.objects.bulk_create(appended)
         # Subscribers write in this same transaction: a change that rolls back leaves nothing behind.
         events_appended(appended)
     return appended

@@ -412,7 +412,7 @@ def lease_deadline() -> datetime:
 _CLAIM_RELATED = ("checkpoint", "organization", "grant__agreement")
 
 
-def _claim_order(now: datetime) -> list[str | Combinable]:
+def claim_order(now: datetime) -> list[str | Combinable]:
     """The order queued jobs join a batch in: the longest (most new tokens) first, oldest first among
     equals, so a batch's last steps still decode several rows rather than one long job alone (on a
     CPU a step of one row costs a third of a step of eight). A job queued for
@@ -431,13 +431,14 @@ def _claim_order(now: datetime) -> list[str | Combinable]:
 
 
 def claimed_before(job: GenerationJob, now: datetime) -> Q:
-    """Jobs of `job`'s checkpoint that a batch claims before it, if both are queued (_claim_order)."""
+    """Jobs of `job`'s checkpoint that a batch claims before it, if both are queued (claim_order)."""
     older = Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, pk__lt=job.pk)
     wait = settings.INFERENCE_LONGEST_FIRST_SECONDS
     if not wait:
         return older
-    overdue = Q(created_at__lte=now - timedelta(seconds=wait))
-    if job.created_at <= now - timedelta(seconds=wait):
+    cutoff = now - timedelta(seconds=wait)
+    overdue = Q(created_at__lte=cutoff)
+    if job.created_at <= cutoff:
         return overdue & older
     return overdue | Q(max_new_tokens__gt=job.max_new_tokens) | (Q(max_new_tokens=job.max_new_tokens) & older)
 
@@ -449,7 +450,7 @@ def jobs_claim(
 
     With `job_id`: that job (queued, or running under a lapsed lease, below INFERENCE_MAX_ATTEMPTS),
     even if it alone exceeds `rows` (an empty worker always has room for one job), then queued jobs
-    of its checkpoint. Without: queued jobs of `checkpoint_id`. In the order of `_claim_order` (the
+    of its checkpoint. Without: queued jobs of `checkpoint_id`. In the order of `claim_order` (the
     longest first, a job queued past INFERENCE_LONGEST_FIRST_SECONDS ahead of them), up to
     INFERENCE_BATCH_MAX_JOBS, stopping at the first that does not fit, so a large job is not passed
     over again and again by smaller ones behind it. [] when `job_id` is not claimable: a redelivered
@@ -483,11 +484,11 @@ def jobs_claim(
             lead_checkpoint = GenerationJob.objects.filter(pk=job_id).values("checkpoint_id")
             lead_first = Case(When(pk=job_id, then=Value(0)), default=Value(1), output_field=IntegerField())
             candidates = locked.filter(lead | (queued & Q(checkpoint_id=Subquery(lead_checkpoint)))).order_by(
-                lead_first, *_claim_order(now)
+                lead_first, *claim_order(now)
             )
         else:
             assert checkpoint_id is not None
-            candidates = locked.filter(queued, checkpoint_id=checkpoint_id).order_by(*_claim_order(now))
+            candidates = locked.filter(queued, checkpoint_id=checkpoint_id).order_by(*claim_order(now))
         found = list(candidates[: settings.INFERENCE_BATCH_MAX_JOBS])
         if job_id is not None and (not found or found[0].pk != job_id):
             return []
@@ -604,24 +605,6 @@ class JobResult:
     timings: dict[str, float]
     watermark_scheme: str = ""
     watermark_key_id: str = ""
-
-
-def job_complete(
-    *,
-    job: GenerationJob,
-    worker: str,
-    samples: list[tuple[int, str, int]],
-    prompt_tokens: int,
-    cancelled: bool,
-    device: str,
-    batch_size: int,
-    timings: dict[str, float],
-    watermark_scheme: str = "",
-    watermark_key_id: str = "",
-) -> bool:
-    """Store one job's samples, counts and timings (jobs_complete); False if the job is no longer ours."""
-    result = JobResult(job, samples, prompt_tokens, cancelled, batch_size, timings, watermark_scheme, watermark_key_id)
-    return bool(jobs_complete(results=[result], worker=worker, device=device))
 
 
 @transaction.atomic

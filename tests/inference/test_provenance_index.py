@@ -47,10 +47,11 @@ def _store(user, checkpoint, texts: list[str]) -> list[Sample]:
     )  # fmt: skip
     job = services.job_submit(actor=user, checkpoint=checkpoint, params=params)
     [claimed] = services.jobs_claim(job_id=job.pk, worker="w1", device="cpu", rows=32)
-    assert services.job_complete(
-        job=claimed, worker="w1", samples=[(i, text, 150) for i, text in enumerate(texts)], prompt_tokens=4,
-        cancelled=False, device="cpu", batch_size=1, timings={},
+    result = services.JobResult(
+        job=claimed, samples=[(i, text, 150) for i, text in enumerate(texts)], prompt_tokens=4,
+        cancelled=False, batch_size=1, timings={},
     )  # fmt: skip
+    assert services.jobs_complete(results=[result], worker="w1", device="cpu")
     return list(Sample.objects.filter(job=job).order_by("index"))
 
 

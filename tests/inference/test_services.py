@@ -307,10 +307,10 @@ def test_a_sample_with_a_nul_byte_is_stored_not_lost(researcher_a, active, gpt2)
     # Byte-level BPE can emit NUL, which PostgreSQL text cannot hold; the job must still finish.
     job = submit(researcher_a, gpt2)
     [claimed] = services.jobs_claim(job_id=job.pk, worker="w1", device="cpu", rows=32)
-    stored = services.job_complete(
-        job=claimed, worker="w1", samples=[(0, "a\x00b", 3)], prompt_tokens=4, cancelled=False,
-        device="cpu", batch_size=1, timings={},
-    )  # fmt: skip
+    result = services.JobResult(
+        job=claimed, samples=[(0, "a\x00b", 3)], prompt_tokens=4, cancelled=False, batch_size=1, timings={}
+    )
+    stored = services.jobs_complete(results=[result], worker="w1", device="cpu")
     assert stored
     sample = job.samples.get()
     assert sample.text == "a\ufffdb"
@@ -423,7 +423,7 @@ def test_the_claim_order_and_the_jobs_counted_before_each_agree(researcher_a, ac
         job = submit(researcher_a, gpt2, max_new_tokens=tokens)
         GenerationJob.objects.filter(pk=job.pk).update(created_at=now - timedelta(seconds=age))
     queued = GenerationJob.objects.filter(status="queued", checkpoint=gpt2)
-    order = list(queued.order_by(*services._claim_order(now)))
+    order = list(queued.order_by(*services.claim_order(now)))
     assert [queued.filter(services.claimed_before(job, now)).count() for job in order] == list(range(len(shapes)))
 
 
@@ -477,10 +477,10 @@ def test_job_progress_is_one_statement_and_returns_the_cancelled_jobs(researcher
 
 
 def _complete(job: GenerationJob) -> None:
-    assert services.job_complete(
-        job=job, worker="w1", samples=[(0, "text", 4)], prompt_tokens=5, cancelled=False,
-        device="cpu", batch_size=1, timings={},
-    )  # fmt: skip
+    result = services.JobResult(
+        job=job, samples=[(0, "text", 4)], prompt_tokens=5, cancelled=False, batch_size=1, timings={}
+    )
+    assert services.jobs_complete(results=[result], worker="w1", device="cpu")
 
 
 def _wait_in_thread(job_id: int, timeout_s: float, poll_s: float) -> tuple[threading.Thread, dict]:
